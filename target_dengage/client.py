@@ -1,0 +1,289 @@
+"""HTTP client for the D·engage REST API: login, pacing, retries, answer classification.
+
+One client serves the whole run, so one pacer sees every BulkUpsert call of every stream:
+D·engage allows one sync call a minute and never two at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import backoff
+import requests
+
+from target_dengage import __version__
+from target_dengage.errors import (
+    DengageAuthError,
+    DengageForbiddenError,
+    DengageRequestError,
+    DengageUnavailableError,
+)
+from target_dengage.protocol import (
+    BULK_PATH,
+    LOGIN_PATH,
+    BulkOutcome,
+    envelope_code,
+    envelope_message,
+    error_issues,
+    parse_bulk_outcome,
+    parse_login,
+)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Refresh the cached token this long before D·engage says it expires.
+TOKEN_MARGIN_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 60.0
+
+FORBIDDEN_HELP = (
+    "D·engage answered 403 Forbidden to {what}. D·engage gives this one answer for three "
+    "causes, so check all of them: (1) this machine's public IP address is not on the "
+    "account's API IP allowlist; (2) the API user key / password or access token is wrong; "
+    "(3) the API user lacks the {role} role."
+)
+
+
+class Pacer:
+    """Spaces out calls: never two at once, starts at least ``interval`` seconds apart.
+
+    The lock is held for the whole call, which is what makes "never two at once" hold
+    across threads; the wait is logged once, with the time left.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self._logger = logger
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_start: float | None = None
+        self.waited_seconds = 0.0
+
+    def run(self, call: Callable[[], requests.Response]) -> requests.Response:
+        with self._lock:
+            if self._last_start is not None:
+                left = self._last_start + self.interval - self._clock()
+                if left > 0:
+                    self._logger.info(
+                        "Waiting %.1f s before the next BulkUpsert call "
+                        "(D·engage allows one call every %g s).",
+                        left,
+                        self.interval,
+                    )
+                    time.sleep(left)
+                    self.waited_seconds += left
+            self._last_start = self._clock()
+            return call()
+
+
+@dataclass
+class _Token:
+    value: str
+    refresh_at: float | None  # None: a pre-issued token we cannot renew
+
+
+class DengageClient:
+    """Talks to one D·engage account. Thread-safe for the calls the target makes."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        userkey: str | None,
+        password: str | None,
+        access_token: str | None,
+        request_interval_seconds: float,
+        max_retries: int,
+        timeout_seconds: float,
+        logger: logging.Logger,
+    ) -> None:
+        self._base = api_url.rstrip("/")
+        self._userkey = userkey
+        self._password = password
+        self._token: _Token | None = _Token(access_token, refresh_at=None) if access_token else None
+        self._token_lock = threading.Lock()
+        self._max_retries = max_retries
+        self._timeout = timeout_seconds
+        self._logger = logger
+        self.pacer = Pacer(request_interval_seconds, logger)
+        self.retries = 0
+        self.logins = 0
+        self._session = requests.Session()
+        self._session.headers.update(
+            {"User-Agent": f"target-dengage/{__version__}", "Accept": "application/json"}
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    @property
+    def _can_login(self) -> bool:
+        return bool(self._userkey and self._password)
+
+    def bulk_upsert(self, body: bytes) -> BulkOutcome:
+        """Send one sync BulkUpsert and return what D·engage did with each contact."""
+        response = self._call(BULK_PATH, body, role="DataSpace.Manage", paced=True)
+        return parse_bulk_outcome(_json(response))
+
+    def _access_token(self) -> str:
+        with self._token_lock:
+            token = self._token
+            if token is not None and (
+                token.refresh_at is None or time.monotonic() < token.refresh_at
+            ):
+                return token.value
+            self._token = self._login()
+            return self._token.value
+
+    def _login(self) -> _Token:
+        response = self._send(
+            LOGIN_PATH,
+            {"userkey": self._userkey, "password": self._password},
+            what="the login (POST /rest/login)",
+            headers={},
+        )
+        if response.status_code == 403:
+            raise DengageForbiddenError(
+                FORBIDDEN_HELP.format(what="the login (POST /rest/login)", role="API access")
+            )
+        if response.status_code != 200:
+            raise DengageAuthError(
+                f"D·engage refused the login with HTTP {response.status_code}: "
+                f"{_describe(response)}. Check userkey and password."
+            )
+        try:
+            value, lifetime = parse_login(_json(response))
+        except ValueError as exc:
+            raise DengageAuthError(f"D·engage login failed: {exc}.") from None
+        self.logins += 1
+        margin = min(TOKEN_MARGIN_SECONDS, lifetime / 2)
+        self._logger.info("Logged in to D·engage; the token is valid for %d s.", lifetime)
+        return _Token(value, refresh_at=time.monotonic() + lifetime - margin)
+
+    def _call(self, path: str, body: bytes, *, role: str, paced: bool) -> requests.Response:
+        what = f"POST {path}"
+        relogged = False
+        while True:
+            headers = {
+                "Authorization": f"Bearer {self._access_token()}",
+                "Content-Type": "application/json",
+            }
+            response = self._send(path, body, what=what, headers=headers, paced=paced)
+            status = response.status_code
+            if status == 401:
+                if not self._can_login:
+                    raise DengageAuthError(
+                        f"D·engage answered 401 Not Authenticated to {what}: the access_token "
+                        "is expired or invalid. Issue a new token, or configure userkey and "
+                        "password so the target can log in by itself."
+                    )
+                if relogged:
+                    raise DengageAuthError(
+                        f"D·engage answered 401 Not Authenticated to {what} again right after "
+                        "a fresh login; the API user cannot use this endpoint."
+                    )
+                self._logger.info("D·engage answered 401; logging in again and resending.")
+                with self._token_lock:
+                    self._token = None
+                relogged = True
+                continue
+            if status == 403:
+                raise DengageForbiddenError(FORBIDDEN_HELP.format(what=what, role=role))
+            if 200 <= status < 300:
+                return response
+            envelope = _json(response)
+            code = envelope_code(envelope)
+            raise DengageRequestError(
+                f"D·engage refused {what} with HTTP {status}"
+                + (f" (code {code})" if code is not None else "")
+                + f": {envelope_message(envelope) or _describe(response)}",
+                status=status,
+                issues=error_issues(envelope),
+            )
+
+    def _send(
+        self,
+        path: str,
+        body: bytes | dict[str, Any],
+        *,
+        what: str,
+        headers: dict[str, str],
+        paced: bool = False,
+    ) -> requests.Response:
+        """POST with retries on 429, 5xx and network errors; other answers go back to the caller.
+
+        A 5xx or a timeout may come after D·engage applied the request. Resending is still
+        safe: BulkUpsert is an upsert by contact_key, so applying it twice gives the same rows.
+        """
+        url = self._base + path
+        kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict) else {"data": body}
+
+        def post() -> requests.Response:
+            return self._session.post(url, timeout=self._timeout, headers=headers, **kwargs)
+
+        delays: Iterator[float] = backoff.expo(base=2, factor=1, max_value=BACKOFF_MAX_SECONDS)
+        next(delays)  # prime the generator, as backoff itself does
+        tries = self._max_retries + 1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.pacer.run(post) if paced else post()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = f"{type(exc).__name__}"
+                retry_after = None
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                problem = f"HTTP {response.status_code} ({_describe(response)})"
+                retry_after = _retry_after(response)
+            if attempt == tries:
+                raise DengageUnavailableError(
+                    f"D·engage did not accept {what} after {tries} tries; the last answer was "
+                    f"{problem}."
+                )
+            delay = retry_after if retry_after is not None else backoff.full_jitter(next(delays))
+            self.retries += 1
+            self._logger.warning(
+                "%s answered %s; retry %d of %d in %.1f s.",
+                what,
+                problem,
+                attempt,
+                self._max_retries,
+                delay,
+            )
+            time.sleep(delay)
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _describe(response: requests.Response) -> str:
+    """A short, header-free description of an answer, safe to put in an error message."""
+    envelope = _json(response)
+    message = envelope_message(envelope)
+    if message:
+        return message
+    return (response.text or response.reason or "no message")[:200]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,42 @@
+"""Errors the user is meant to read.
+
+Anything raised as a :class:`DengageError` ends the run with its message alone on stderr and
+a non-zero exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from target_dengage.protocol import ItemIssue
+
+
+class DengageError(Exception):
+    """A failure explained in plain words: bad config, bad input, or an API refusal."""
+
+
+class DengageAuthError(DengageError):
+    """The API does not accept our credentials (401 that a fresh login cannot cure)."""
+
+
+class DengageForbiddenError(DengageError):
+    """403: missing role, wrong credentials, or an address off the allowlist."""
+
+
+class DengageRequestError(DengageError):
+    """The API refused a request as a whole (400 and other final 4xx answers)."""
+
+    def __init__(self, message: str, *, status: int, issues: Sequence[ItemIssue] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.issues = tuple(issues)
+
+
+class DengageUnavailableError(DengageError):
+    """Retries are used up: the API kept answering 429/5xx or could not be reached."""
+
+
+class InvalidInputError(DengageError):
+    """A Singer message or record that cannot be loaded as it is."""

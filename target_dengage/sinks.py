@@ -1,0 +1,120 @@
+"""The SDK sink: maps and validates each record, then hands it to the run-wide batcher."""
+
+from __future__ import annotations
+
+import typing as t
+
+from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
+from singer_sdk.sinks import BatchSink
+
+from target_dengage.batcher import Pending
+from target_dengage.errors import InvalidInputError
+from target_dengage.mapping import StreamConfigError, build_row, plan_stream
+
+if t.TYPE_CHECKING:
+    from target_dengage.target import TargetDengage
+
+#: Invalid records spelled out in the log before the rest go only to the rejected file.
+REJECTIONS_LOGGED = 20
+
+
+class DengageSink(BatchSink):
+    """One per stream. It owns no buffer: full requests are assembled across streams."""
+
+    MAX_SIZE_DEFAULT = 1000
+
+    def __init__(
+        self,
+        target: TargetDengage,
+        stream_name: str,
+        schema: dict[str, t.Any],
+        key_properties: t.Sequence[str] | None,
+    ) -> None:
+        super().__init__(target, stream_name, schema, key_properties)
+        self._dengage = target
+        self._record_number = 0
+        try:
+            self._plan = plan_stream(
+                stream_name,
+                schema.get("properties", {}),
+                list(key_properties or ()),
+                target.config.get("column_mapping") or {},
+                target.config.get("custom_columns") or (),
+                insert_if_not_exists=target.config["insert_if_not_exists"],
+            )
+        except StreamConfigError as exc:
+            raise InvalidInputError(str(exc)) from None
+        plan = self._plan
+        if plan.key_inferred:
+            self.logger.info(
+                "Stream '%s' has no contact_key column; using its key property '%s' as "
+                "contact_key.",
+                stream_name,
+                plan.key_source,
+            )
+        if plan.dropped:
+            self.logger.warning(
+                "Stream '%s': these properties are neither master_contact columns nor listed "
+                "in custom_columns, so they are not sent: %s. Map them with column_mapping "
+                "or custom_columns if D·engage should get them.",
+                stream_name,
+                ", ".join(plan.dropped),
+            )
+        if plan.platform_dropped:
+            self.logger.warning(
+                "Stream '%s': these columns are maintained by D·engage and never sent: %s.",
+                stream_name,
+                ", ".join(plan.platform_dropped),
+            )
+        self.logger.info(
+            "Stream '%s' loads columns: %s.",
+            stream_name,
+            ", ".join(f"{s}→{c}" if s != c else c for s, c, _ in plan.steps),
+        )
+
+    @property
+    def is_full(self) -> bool:
+        """Never: the batcher sends each column set's request the moment it is full."""
+        return False
+
+    def _singer_validate_message(self, record: dict[str, t.Any]) -> None:
+        """Leave key checks to :func:`build_row`, which names the stream, record and field."""
+
+    def _parse_timestamps_in_record(
+        self,
+        record: dict[str, t.Any],
+        schema: dict[str, t.Any],
+        treatment: DatetimeErrorTreatmentEnum,
+    ) -> None:
+        """Skip the SDK's parse: date columns parse their own text, and report bad values
+        as invalid records instead of the SDK turning them into nulls or crashing."""
+
+    def process_record(self, record: dict[str, t.Any], context: dict[str, t.Any]) -> None:
+        self._record_number += 1
+        row, problems = build_row(self._plan, record)
+        pending = Pending(
+            row, self.stream_name, self._record_number, record, self._dengage.record_seq
+        )
+        batcher = self._dengage.batcher
+        batcher.stats.records_read += 1
+        if problems is None:
+            batcher.add(pending)
+            return
+        stop = self._dengage.config["stop_on_error"]
+        message = batcher.reject_locally(pending, problems, fatal=stop)
+        if stop:
+            raise InvalidInputError(
+                f"{message}. Nothing of its batch was sent. Fix the record, or set "
+                "stop_on_error: false (with rejected_records_path) to set invalid records "
+                "aside and load the rest."
+            )
+        if batcher.stats.rejected_locally <= REJECTIONS_LOGGED:
+            self.logger.warning("%s; set aside.", message)
+        elif batcher.stats.rejected_locally == REJECTIONS_LOGGED + 1:
+            self.logger.warning(
+                "More invalid records are being set aside; the rejected file lists them all."
+            )
+
+    def process_batch(self, context: dict[str, t.Any]) -> None:
+        """Called by the SDK's drain at end of input: send what is left, confirmed."""
+        self._dengage.batcher.flush_all()

@@ -1,0 +1,397 @@
+"""TargetDengage: settings, the run-wide client and batcher, and when STATE may be printed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import sys
+import time
+import typing as t
+from collections import deque
+from urllib.parse import urlsplit
+
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
+from singer_sdk.io_base import SingerReader
+from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.singerlib.json import deserialize_json, serialize_json
+from singer_sdk.target_base import Target
+
+from target_dengage.batcher import ContactBatcher
+from target_dengage.client import DengageClient
+from target_dengage.errors import DengageError, InvalidInputError
+from target_dengage.mapping import validate_column_config
+from target_dengage.rejects import RejectedRecords
+from target_dengage.sinks import DengageSink
+
+if t.TYPE_CHECKING:
+    from types import FrameType
+
+API_MAX_BATCH = 1000
+
+REGIONAL_HOSTS = (
+    "https://api.dengage.com",
+    "https://tr-api.dengage.com",
+    "https://us-api.dengage.com",
+    "https://eu-api.dengage.com",
+    "https://ru-api.dengage.com",
+    "https://sa-api.dengage.com",
+    "https://dev-api.dengage.com",
+)
+
+
+class LineNumberedReader(SingerReader):
+    """Names the line of malformed input without echoing it: a line may hold a whole contact."""
+
+    line_number = 0
+
+    def deserialize_json(self, line: str) -> dict[str, t.Any]:
+        self.line_number += 1
+        try:
+            message = deserialize_json(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(
+                f"Input line {self.line_number} is not valid JSON ({exc.msg} at column "
+                f"{exc.colno}); a Singer tap must write one JSON message per line."
+            ) from None
+        if not isinstance(message, dict):
+            raise InvalidInputError(
+                f"Input line {self.line_number} is not a Singer message (a JSON object)."
+            )
+        return message
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+class TargetDengage(Target):
+    """Upserts contacts from any Singer tap into D·engage ``master_contact``.
+
+    Paced to the BulkUpsert limit (1000 contacts a call, one call a minute), with every
+    rejected contact accounted for and STATE printed only for confirmed contacts.
+    """
+
+    name = "target-dengage"
+    default_sink_class = DengageSink
+    message_reader_class = LineNumberedReader
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "api_url",
+            th.StringType(nullable=False),
+            default="https://api.dengage.com",
+            title="API URL",
+            description=(
+                "Base URL of the D·engage REST API. Regional hosts: "
+                + ", ".join(REGIONAL_HOSTS[1:])
+                + ". Must be https (http only for a loopback emulator)."
+            ),
+        ),
+        th.Property(
+            "userkey",
+            th.StringType,
+            title="User key",
+            description="API user key; with `password` the target logs in at /rest/login.",
+        ),
+        th.Property(
+            "password",
+            th.StringType,
+            secret=True,
+            title="Password",
+            description="Password of the API user.",
+        ),
+        th.Property(
+            "access_token",
+            th.StringType,
+            secret=True,
+            title="Access token",
+            description="A pre-issued access token, instead of userkey and password.",
+        ),
+        th.Property(
+            "mode",
+            th.StringType(nullable=False),
+            default="sync",
+            allowed_values=["sync", "async"],
+            description="`sync`: BulkUpsert, one call a minute. `async` is not available yet.",
+        ),
+        th.Property(
+            "insert_if_not_exists",
+            th.BooleanType(nullable=False),
+            default=True,
+            description=(
+                "Sent as insertIfNotExists. true: new contact keys are created; false: only "
+                "existing contacts are updated."
+            ),
+        ),
+        th.Property(
+            "stop_on_error",
+            th.BooleanType(nullable=False),
+            default=True,
+            description=(
+                "Sent as stopOnError. true: an invalid record stops the run before its batch "
+                "is sent. false: invalid records go to rejected_records_path and the rest "
+                "is loaded."
+            ),
+        ),
+        th.Property(
+            "batch_size_rows",
+            th.IntegerType(nullable=False),
+            default=API_MAX_BATCH,
+            minimum=1,
+            maximum=API_MAX_BATCH,
+            description="Contacts per BulkUpsert request (D·engage takes at most 1000).",
+        ),
+        th.Property(
+            "request_interval_seconds",
+            th.IntegerType(nullable=False),
+            default=60,
+            minimum=0,
+            description=(
+                "Least time between the starts of two sync BulkUpsert calls (D·engage "
+                "allows one a minute)."
+            ),
+        ),
+        th.Property(
+            "column_mapping",
+            th.ObjectType(additional_properties=th.StringType),
+            default={},
+            description=(
+                "Source property → master_contact column, e.g. "
+                '{"id": "contact_key", "first_name": "name"}.'
+            ),
+        ),
+        th.Property(
+            "custom_columns",
+            th.ArrayType(th.StringType),
+            default=[],
+            description="The account's import-enabled custom columns that may be sent.",
+        ),
+        th.Property(
+            "rejected_records_path",
+            th.StringType,
+            description=(
+                "JSONL file; every record rejected, locally or by the API, is appended with "
+                "stream, record number, contact key, field, reason and the whole record."
+            ),
+        ),
+        th.Property(
+            "max_retries",
+            th.IntegerType(nullable=False),
+            default=5,
+            minimum=0,
+            description="Retries of a call answered 429/5xx or lost to a network error.",
+        ),
+        th.Property(
+            "request_timeout_seconds",
+            th.IntegerType(nullable=False),
+            default=300,
+            minimum=1,
+            description="How long to wait for one API answer.",
+        ),
+        th.Property(
+            "validate_records",
+            th.BooleanType(nullable=False),
+            default=False,
+            description=(
+                "Also validate each record against the tap's JSON schema. D·engage's own "
+                "column rules are always checked."
+            ),
+        ),
+    ).to_dict()
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_parallelism = 1
+        self.record_seq = 0
+        #: STATEs not yet printed, with how many records had arrived before each.
+        self._held_states: deque[tuple[int, float, dict[str, t.Any]]] = deque()
+        self._printed_state: str | None = None
+        self._started = time.monotonic()
+        self._check_config()
+        config = self.config
+        self._rejects = (
+            RejectedRecords(config["rejected_records_path"])
+            if config.get("rejected_records_path")
+            else None
+        )
+        self.client = DengageClient(
+            api_url=config["api_url"],
+            userkey=config.get("userkey"),
+            password=config.get("password"),
+            access_token=config.get("access_token"),
+            request_interval_seconds=config["request_interval_seconds"],
+            max_retries=config["max_retries"],
+            timeout_seconds=config["request_timeout_seconds"],
+            logger=self.logger,
+        )
+        self.batcher = ContactBatcher(
+            self.client,
+            self._rejects,
+            batch_size=config["batch_size_rows"],
+            insert_if_not_exists=config["insert_if_not_exists"],
+            stop_on_error=config["stop_on_error"],
+            logger=self.logger,
+        )
+
+    def _check_config(self) -> None:
+        """Rules JSON schema cannot express, reported like schema errors."""
+        config = self.config
+        errors: list[str] = []
+        has_login = bool(config.get("userkey")) or bool(config.get("password"))
+        if config.get("access_token") and has_login:
+            errors.append(
+                "Give either access_token or userkey + password, not both "
+                "(both were set; which should the target use?)."
+            )
+        elif not config.get("access_token"):
+            missing = [k for k in ("userkey", "password") if not config.get(k)]
+            if missing:
+                errors.append(
+                    "Credentials missing: set userkey and password (the target logs in), or "
+                    f"access_token. Not set: {', '.join(missing)}."
+                )
+        if config.get("mode", "sync") == "async":
+            errors.append(
+                "mode: async (BulkUpsert-Async) is not available yet in this version; "
+                "use mode: sync."
+            )
+        url = urlsplit(config.get("api_url", ""))
+        if url.scheme not in ("https", "http") or not url.hostname:
+            errors.append(f"api_url '{config.get('api_url')}' is not an http(s) URL.")
+        elif url.scheme == "http" and not _is_loopback(url.hostname):
+            errors.append(
+                "api_url must use https: http would send credentials and contacts in clear "
+                "text (http is allowed only for a loopback emulator)."
+            )
+        errors += validate_column_config(
+            config.get("column_mapping") or {}, config.get("custom_columns") or ()
+        )
+        if errors:
+            raise ConfigValidationError("Config validation failed", errors=errors)
+
+    # Records and STATE ----------------------------------------------------------------
+
+    def _process_record_message(self, message_dict: dict[str, t.Any]) -> None:
+        self.record_seq += 1
+        super()._process_record_message(message_dict)
+
+    def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
+        super()._process_state_message(message_dict)
+        state: dict[str, t.Any] = message_dict["value"]
+        if state and self._latest_state is state:
+            self._held_states.append((self.record_seq, time.monotonic(), state))
+            self._print_confirmed_state()
+
+    def _write_state_message(self, state: dict[str, t.Any]) -> None:
+        """The SDK calls this after a full drain; print only what D·engage confirmed."""
+        self.batcher.flush_all()
+        self._print_confirmed_state()
+
+    def _print_confirmed_state(self) -> None:
+        """Print the newest STATE whose records are all confirmed or written down."""
+        watermark = self.batcher.watermark
+        ready = None
+        while self._held_states and self._held_states[0][0] < watermark:
+            ready = self._held_states.popleft()[2]
+        if ready is None:
+            return
+        line = serialize_json(ready)
+        if line != self._printed_state:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            self._printed_state = line
+
+    def _handle_max_record_age(self) -> None:
+        """Instead of the SDK's drain of everything every 5 minutes (which would send part-
+        full requests of every column set), send only the buckets that keep the newest
+        STATE from being printed, once the oldest held STATE is that old."""
+        held = self._held_states
+        if held and time.monotonic() - held[0][1] > self._MAX_RECORD_AGE_IN_MINUTES * 60:
+            self.batcher.flush_through(held[-1][0])
+            self._print_confirmed_state()
+
+    def process_endofpipe(self) -> None:
+        super().process_endofpipe()
+        unaccounted = self.batcher.stats.unaccounted
+        if unaccounted:
+            raise DengageError(
+                f"{unaccounted} record(s) were rejected and no rejected_records_path is "
+                "set, so they are only in the log above; the final STATE was not printed. "
+                "Set rejected_records_path to keep them and let the run complete."
+            )
+
+    def close(self) -> None:
+        """Log the summary (also after a failure: it says what did arrive) and let go."""
+        self._log_summary()
+        self.client.close()
+        if self._rejects is not None:
+            self._rejects.close()
+
+    def _log_summary(self) -> None:
+        s = self.batcher.stats
+        self.logger.info(
+            "Run summary: %d records read; %d contacts sent in %d requests (%d inserted, "
+            "%d updated); %d rejected locally, %d rejected by D·engage%s; %d duplicates "
+            "merged; %d warnings; %d retries; %.0f s waiting for the rate limit; %.1f s in all.",
+            s.records_read,
+            s.contacts_sent,
+            s.requests,
+            s.inserted,
+            s.updated,
+            s.rejected_locally,
+            s.rejected_by_api,
+            f" (in {self._rejects.path})" if self._rejects and self._rejects.count else "",
+            s.duplicates_merged,
+            s.warnings,
+            self.client.retries,
+            self.client.pacer.waited_seconds,
+            time.monotonic() - self._started,
+        )
+
+    # Ending a run ------------------------------------------------------------------------
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """Stop at once, without the SDK's final drain (meltano/sdk#3775): records not
+        yet confirmed stay unacknowledged, so the next run sends them again."""
+        self.logger.warning(
+            "Received signal %d; stopping. No STATE is printed for unconfirmed records; the "
+            "next run sends them again.",
+            signum,
+        )
+        signal.signal(signum, signal.SIG_DFL)
+        sys.exit(128 + signum)
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+    ) -> None:
+        """The SDK's invoke, plus: our own errors as one clear line (not a traceback), a
+        non-zero exit, and the run summary however the run ends."""
+        super(Target, cls).invoke(about=about, about_format=about_format)
+        cls.print_version(print_fn=cls.logger.info)
+        config = config or _ConfigInput()
+        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+        try:
+            target.listen(file_input)
+        except (DengageError, InvalidInputLine, RecordsWithoutSchemaException) as exc:
+            cls.logger.error("%s", exc)
+            sys.exit(1)
+        finally:
+            target.close()
+
+
+if __name__ == "__main__":
+    TargetDengage.cli()
