@@ -44,10 +44,9 @@ class Pending:
     seq: int
 
     def describe(self) -> str:
-        return (
-            f"stream '{self.stream}', record {self.record_number}, "
-            f"contact_key '{self.row.get(CONTACT_KEY)}'"
-        )
+        key = self.row.get(CONTACT_KEY)
+        named = "no contact_key" if key is None else f"contact_key '{key}'"
+        return f"stream '{self.stream}', record {self.record_number}, {named}"
 
 
 @dataclass(slots=True)
@@ -182,13 +181,15 @@ class ContactBatcher:
             stop_on_error=self._stop_on_error,
         )
         started = time.monotonic()
+        waited = self._client.pacer.waited_seconds
         try:
             outcome = self._client.bulk_upsert(body)
         except DengageRequestError as exc:
             if exc.issues:
                 self._report_refusal(exc, bucket)
             raise
-        elapsed_ms = (time.monotonic() - started) * 1000
+        paced = self._client.pacer.waited_seconds - waited
+        elapsed_ms = (time.monotonic() - started - paced) * 1000
         del self._buckets[bucket.columns]
         for key in bucket.rows:
             del self._where[key]

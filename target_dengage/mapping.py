@@ -47,7 +47,7 @@ GSM_MAX = 20
 TEXT_MAX = 100
 CUSTOM_MAX = 4000
 
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
 #: Separators people type into phone numbers; removed before the digits-only check.
 _GSM_SEPARATORS = str.maketrans("", "", " -().+/")
 _TRUE_WORDS = frozenset({"true", "yes", "1", "y", "t"})

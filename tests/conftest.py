@@ -1,0 +1,170 @@
+"""Shared fixtures: a real emulator on loopback and the real ``target-dengage`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from target_dengage.emulator import DengageEmulator
+
+USERKEY = "test-user"
+PASSWORD = "s3cret-Pa55word!"
+STATIC_TOKEN = "pre-issued-token-0123456789abcdef"
+
+#: Every test run is bounded: a target that hangs fails the test instead of the suite.
+RUN_TIMEOUT = 120
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("target-dengage")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("target-dengage")
+    return [found] if found else [sys.executable, "-m", "target_dengage.target"]
+
+
+@dataclass
+class Run:
+    """What a user sees of one run: exit code, stdout lines (with arrival times), stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    stdout_times: list[float] = field(default_factory=list)
+
+    @property
+    def states(self) -> list[Any]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def emulator() -> Iterator[DengageEmulator]:
+    emu = DengageEmulator(
+        userkey=USERKEY,
+        password=PASSWORD,
+        static_tokens=[STATIC_TOKEN],
+        sync_interval_seconds=0,
+        custom_columns=["loyalty_tier", "city"],
+    )
+    with emu:
+        yield emu
+
+
+@pytest.fixture
+def base_config(emulator: DengageEmulator, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "api_url": emulator.url,
+        "userkey": USERKEY,
+        "password": PASSWORD,
+        "request_interval_seconds": 0,
+        "max_retries": 3,
+        "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+    }
+
+
+def run_target(
+    config: dict[str, Any],
+    messages: Sequence[dict[str, Any] | str],
+    tmp_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> Run:
+    """Run the installed CLI as a user would: config file, messages on stdin."""
+    config_path = tmp_path / f"config-{time.monotonic_ns()}.json"
+    config_path.write_text(json.dumps(config))
+    text = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_DENGAGE_")}
+    process_env.update(env or {})
+    with subprocess.Popen(
+        [*_cli(), "--config", str(config_path), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=process_env,
+        cwd=tmp_path,
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        lines: list[str] = []
+        times: list[float] = []
+        errors: list[str] = []
+
+        def read_stdout() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                times.append(time.time())
+                lines.append(line)
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            errors.append(proc.stderr.read())
+
+        readers = [threading.Thread(target=read_stdout), threading.Thread(target=read_stderr)]
+        for reader in readers:
+            reader.start()
+        try:
+            proc.stdin.write(text)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.wait(timeout=RUN_TIMEOUT)
+        finally:
+            proc.kill()
+            for reader in readers:
+                reader.join()
+    return Run(proc.returncode, "".join(lines), "".join(errors), times)
+
+
+def schema(
+    stream: str = "contacts",
+    properties: Sequence[str] = ("id", "email", "phone", "first_name", "dob"),
+    key_properties: Sequence[str] = ("id",),
+) -> dict[str, Any]:
+    return {
+        "type": "SCHEMA",
+        "stream": stream,
+        "schema": {
+            "type": "object",
+            "properties": {name: {"type": ["string", "null"]} for name in properties},
+        },
+        "key_properties": list(key_properties),
+    }
+
+
+def record(stream: str = "contacts", **values: Any) -> dict[str, Any]:
+    return {"type": "RECORD", "stream": stream, "record": values}
+
+
+def state(value: Any) -> dict[str, Any]:
+    return {"type": "STATE", "value": value}
+
+
+def contact(i: int, *, prefix: str = "c", with_gsm: bool = True) -> dict[str, Any]:
+    """A warehouse-looking contact: mixed-case email, formatted phone, date-time birthday."""
+    values: dict[str, Any] = {
+        "id": f"{prefix}{i}",
+        "email": f"  User.{prefix}{i}@Example.COM ",
+        "first_name": f"Name{i}",
+        "dob": f"19{i % 90 + 10:02d}-0{i % 9 + 1}-1{i % 9}T08:30:00Z",
+    }
+    if with_gsm:
+        values["phone"] = f"+90 (535) {i:07d}"
+    return values
+
+
+MAPPING = {"id": "contact_key", "phone": "gsm", "first_name": "name", "dob": "birth_date"}
