@@ -66,6 +66,20 @@ class DengageSink(BatchSink):
                 stream_name,
                 ", ".join(plan.platform_dropped),
             )
+        columns = {column for _, column, _ in plan.steps}
+        if target.config["insert_if_not_exists"]:
+            for channel in ("email", "gsm"):
+                if channel in columns and f"{channel}_permission" not in columns:
+                    self.logger.warning(
+                        "Stream '%s' sends %s but not %s_permission: D·engage opts NEW "
+                        "contacts in (%s_permission defaults to true on insert). Map an "
+                        "opt-in column to %s_permission unless that is intended.",
+                        stream_name,
+                        channel,
+                        channel,
+                        channel,
+                        channel,
+                    )
         self.logger.info(
             "Stream '%s' loads columns: %s.",
             stream_name,

@@ -73,11 +73,7 @@ def _is_loopback(host: str | None) -> bool:
 
 
 class TargetDengage(Target):
-    """Upserts contacts from any Singer tap into D·engage ``master_contact``.
-
-    Paced to the BulkUpsert limit (1000 contacts a call, one call a minute), with every
-    rejected contact accounted for and STATE printed only for confirmed contacts.
-    """
+    """Upserts contacts from any Singer tap into D·engage master_contact, paced to the API."""
 
     name = "target-dengage"
     default_sink_class = DengageSink
