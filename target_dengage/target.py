@@ -30,6 +30,8 @@ if t.TYPE_CHECKING:
     from types import FrameType
 
 API_MAX_BATCH = 1000
+#: STATEs held back at most; beyond it the newest replaces the last one held.
+MAX_HELD_STATES = 1000
 
 REGIONAL_HOSTS = (
     "https://api.dengage.com",
@@ -282,9 +284,18 @@ class TargetDengage(Target):
     def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
         super()._process_state_message(message_dict)
         state: dict[str, t.Any] = message_dict["value"]
-        if state and self._latest_state is state:
-            self._held_states.append((self.record_seq, time.monotonic(), state))
-            self._print_confirmed_state()
+        if not state or self._latest_state is not state:
+            return
+        held = self._held_states
+        if held and (held[-1][0] == self.record_seq or len(held) >= MAX_HELD_STATES):
+            # Collapse into the newer STATE: it covers everything the older one did, so
+            # this only delays that checkpoint, and memory stays bounded for taps that
+            # send a STATE after every record.
+            received = held.pop()[1]
+        else:
+            received = time.monotonic()
+        held.append((self.record_seq, received, state))
+        self._print_confirmed_state()
 
     def _write_state_message(self, state: dict[str, t.Any]) -> None:
         """The SDK calls this after a full drain; print only what D·engage confirmed."""

@@ -26,7 +26,7 @@ STATIC_TOKEN = "pre-issued-token-0123456789abcdef"
 RUN_TIMEOUT = 120
 
 
-def _cli() -> list[str]:
+def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("target-dengage")
     if script.exists():
         return [str(script)]
@@ -88,7 +88,7 @@ def run_target(
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_DENGAGE_")}
     process_env.update(env or {})
     with subprocess.Popen(
-        [*_cli(), "--config", str(config_path), *args],
+        [*cli_command(), "--config", str(config_path), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
