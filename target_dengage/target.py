@@ -12,7 +12,11 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
-from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import (
+    ConfigValidationError,
+    RecordsWithoutSchemaException,
+    StreamMapConfigError,
+)
 from singer_sdk.io_base import SingerReader
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
@@ -393,7 +397,12 @@ class TargetDengage(Target):
         target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
         try:
             target.listen(file_input)
-        except (DengageError, InvalidInputLine, RecordsWithoutSchemaException) as exc:
+        except (
+            DengageError,
+            InvalidInputLine,
+            RecordsWithoutSchemaException,
+            StreamMapConfigError,
+        ) as exc:
             cls.logger.error("%s", exc)
             sys.exit(1)
         finally:

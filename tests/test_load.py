@@ -215,3 +215,36 @@ def test_update_only_mode_does_not_create_contacts(
     assert sorted(emulator.contacts()) == ["c1", "c2"]
     assert "2 warnings" in run.stderr
     assert run.states == [{"ok": 1}]
+
+
+def test_stream_maps_rename_before_mapping(
+    emulator: DengageEmulator, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The README's stream-map example: rename and compute columns without column_mapping."""
+    config = {
+        **base_config,
+        "stream_maps": {
+            "public-customers": {
+                "contact_key": "customer_id",
+                "email": "email_address.lower()",
+                "name": "first_name",
+                "customer_id": "__NULL__",
+                "__key_properties__": ["contact_key"],
+            }
+        },
+    }
+    messages = [
+        schema(
+            "public-customers",
+            properties=("customer_id", "email_address", "first_name"),
+            key_properties=("customer_id",),
+        ),
+        record("public-customers", customer_id="k1", email_address="A@B.CO", first_name="Ada"),
+        state({"done": 1}),
+    ]
+    run = run_target(config, messages, tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    assert emulator.contacts()["k1"]["email"] == "a@b.co"
+    assert emulator.contacts()["k1"]["name"] == "Ada"
+    assert run.states == [{"done": 1}]
