@@ -25,7 +25,7 @@ from typing import Any
 
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageRequestError
-from target_dengage.mapping import CONTACT_KEY, FieldProblem, Value, mask
+from target_dengage.mapping import CONTACT_KEY, FieldProblem, Value, mask, scrub
 from target_dengage.protocol import ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
 
@@ -45,7 +45,7 @@ class Pending:
 
     def describe(self) -> str:
         key = self.row.get(CONTACT_KEY)
-        named = "no contact_key" if key is None else f"contact_key '{key}'"
+        named = "no contact_key" if key is None else f"contact_key '{_shown_key(str(key))}'"
         return f"stream '{self.stream}', record {self.record_number}, {named}"
 
 
@@ -172,11 +172,66 @@ class ContactBatcher:
                 self._send(bucket)
 
     def _send(self, bucket: _Bucket) -> None:
-        pendings = list(bucket.rows.values())
+        """Deliver a bucket; it leaves the run's books only once D·engage has answered for it."""
         columns = [CONTACT_KEY, *sorted(bucket.columns - {CONTACT_KEY})]
+        groups = [list(bucket.rows.values())]
+        merged = bucket.merged
+        split_budget = _split_budget(len(groups[0]))
+        while groups:
+            group = groups.pop(0)
+            try:
+                self._upsert(columns, group, merged)
+            except DengageRequestError as exc:
+                if self._stop_on_error or exc.status != 400:
+                    self._report_refusal(exc, group)
+                    raise
+                more = self._isolate(exc, group, split_budget)
+                split_budget -= len(more)
+                groups.extend(more)
+            merged = 0
+        del self._buckets[bucket.columns]
+        for key in bucket.rows:
+            del self._where[key]
+
+    def _isolate(
+        self, exc: DengageRequestError, group: list[Pending], budget: int
+    ) -> list[list[Pending]]:
+        """With stop_on_error false, a 400 for the whole request must not sink the good
+        records in it: set aside the records D·engage names, or else split the request in
+        halves until the bad ones stand alone. Returns the groups still to send."""
+        keys = {str(p.row[CONTACT_KEY]) for p in group}
+        named = [i for i in exc.issues if i.contact_key in keys]
+        if len(group) == 1 and not named:
+            named = [ItemIssue(str(group[0].row[CONTACT_KEY]), scrub(str(exc)))]
+        if named:
+            self._reject_api(named, group)
+            refused = {i.contact_key for i in named}
+            rest = [p for p in group if p.row[CONTACT_KEY] not in refused]
+            if rest and budget < 1:
+                raise exc
+            return [rest] if rest else []
+        if budget < 2:
+            raise DengageRequestError(
+                f"{exc} Splitting the request to isolate the records D·engage refuses used "
+                f"up its {_split_budget(len(group))} extra calls, and {len(group)} records "
+                "are still refused as a group; the refusal is probably not about single "
+                "records. No STATE past them is printed.",
+                status=exc.status,
+            ) from None
+        half = len(group) // 2
+        self._logger.warning(
+            "D·engage refused a request of %d contacts as a whole (%s); splitting it in two "
+            "to isolate the bad records (up to %d more calls).",
+            len(group),
+            scrub(str(exc)),
+            budget,
+        )
+        return [group[:half], group[half:]]
+
+    def _upsert(self, columns: list[str], group: list[Pending], merged: int) -> None:
         body = bulk_body(
             columns,
-            [p.row for p in pendings],
+            [p.row for p in group],
             insert_if_not_exists=self._insert,
             stop_on_error=self._stop_on_error,
         )
@@ -184,71 +239,72 @@ class ContactBatcher:
         waited = self._client.pacer.waited_seconds
         try:
             outcome = self._client.bulk_upsert(body)
-        except DengageRequestError as exc:
-            if exc.issues:
-                self._report_refusal(exc, bucket)
-            raise
+        finally:
+            self.stats.requests += 1
         paced = self._client.pacer.waited_seconds - waited
         elapsed_ms = (time.monotonic() - started - paced) * 1000
-        del self._buckets[bucket.columns]
-        for key in bucket.rows:
-            del self._where[key]
 
         stats = self.stats
-        stats.requests += 1
-        stats.contacts_sent += len(pendings)
+        stats.contacts_sent += len(group)
         stats.inserted += len(outcome.inserted)
         stats.updated += len(outcome.updated)
         stats.warnings += len(outcome.warnings)
-        rejected = self._record_api_errors(outcome.errors, bucket.rows)
+        rejected = self._reject_api(outcome.errors, group)
         for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
             self._logger.warning(
-                "D·engage warning for contact_key '%s': %s", issue.contact_key, issue.message
+                "D·engage warning for contact_key '%s': %s",
+                _shown_key(issue.contact_key),
+                scrub(issue.message),
             )
-        streams = sorted({p.stream for p in pendings})
         self._logger.info(
             "BulkUpsert %d: sent %d contacts (streams: %s; columns: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings, %.0f ms.",
             stats.requests,
-            len(pendings),
-            ", ".join(streams),
+            len(group),
+            ", ".join(sorted({p.stream for p in group})),
             ", ".join(columns),
             len(outcome.inserted),
             len(outcome.updated),
             rejected,
-            bucket.merged,
+            merged,
             len(outcome.warnings),
             elapsed_ms,
         )
 
-    def _record_api_errors(self, errors: Sequence[ItemIssue], rows: Mapping[str, Pending]) -> int:
-        if not errors:
+    def _reject_api(self, issues: Sequence[ItemIssue], group: Sequence[Pending]) -> int:
+        """Write down the records D·engage refused, each named as well as the answer allows."""
+        if not issues:
             return 0
+        by_key = {str(p.row[CONTACT_KEY]): p for p in group}
         entries: list[dict[str, Any]] = []
         seqs: list[float] = []
-        for issue in errors:
-            pending = rows.get(issue.contact_key or "")
+        for issue in issues:
+            pending = by_key.get(issue.contact_key or "")
             entries.append(_api_entry(issue, pending))
-            seqs.append(pending.seq if pending else min(p.seq for p in rows.values()))
+            seqs.append(pending.seq if pending else min(p.seq for p in group))
             if len(entries) <= ISSUES_LOGGED_PER_REQUEST:
-                where = pending.describe() if pending else f"contact_key '{issue.contact_key}'"
                 self._logger.warning(
                     "D·engage rejected %s%s: %s",
-                    where,
+                    pending.describe()
+                    if pending
+                    else f"contact_key '{_shown_key(issue.contact_key)}'",
                     f", field '{issue.field}'" if issue.field else "",
-                    issue.message,
+                    scrub(issue.message),
                 )
         self.stats.rejected_by_api += len(entries)
         self._account(entries, seqs, fatal=False)
         return len(entries)
 
-    def _report_refusal(self, exc: DengageRequestError, bucket: _Bucket) -> None:
-        """Name the records behind a whole-request refusal and write them down."""
-        entries = [_api_entry(i, bucket.rows.get(i.contact_key or "")) for i in exc.issues]
+    def _report_refusal(self, exc: DengageRequestError, group: Sequence[Pending]) -> None:
+        """Before a refusal ends the run: name the records behind it and write them down."""
+        if not exc.issues:
+            return
+        by_key = {str(p.row[CONTACT_KEY]): p for p in group}
+        entries = [_api_entry(i, by_key.get(i.contact_key or "")) for i in exc.issues]
         if self._rejects is not None:
             self._rejects.write(entries)
         named = "; ".join(_entry_text(e) for e in entries[:ISSUES_LOGGED_PER_REQUEST])
-        exc.args = (f"{exc.args[0]}. Records named by D·engage: {named}",)
+        exc.args = (f"{exc.args[0]}. Records named by D·engage: {scrub(named)}",)
 
     def _account(
         self, entries: Sequence[Mapping[str, Any]], seqs: Iterable[float], *, fatal: bool
@@ -261,6 +317,17 @@ class ContactBatcher:
             return
         self.stats.unaccounted += len(entries)
         self._blocked_seq = min(self._blocked_seq, *seqs)
+
+
+def _split_budget(size: int) -> int:
+    """Extra calls allowed to isolate bad records in a refused request of ``size``: enough
+    for a binary search down to one record, plus a resend of the rest."""
+    return 2 * math.ceil(math.log2(max(size, 1))) + 2
+
+
+def _shown_key(key: str | None) -> str:
+    """Contact keys are named in messages, unless they are email addresses (PII)."""
+    return mask(key) if key and "@" in key else str(key)
 
 
 def _problem_text(problem: FieldProblem, record: Mapping[str, Any]) -> str:
@@ -287,4 +354,5 @@ def _entry_text(entry: Mapping[str, Any]) -> str:
         f"stream '{entry['stream']}', record {entry['record_number']}, " if entry["stream"] else ""
     )
     column = f", field '{entry['field']}'" if entry["field"] else ""
-    return f"{where}contact_key '{entry['contact_key']}'{column}: {entry['reason']}"
+    key = _shown_key(entry["contact_key"])
+    return f"{where}contact_key '{key}'{column}: {entry['reason']}"

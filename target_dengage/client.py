@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from target_dengage.errors import (
     DengageRequestError,
     DengageUnavailableError,
 )
+from target_dengage.pacing import Pacer
 from target_dengage.protocol import (
     BULK_PATH,
     LOGIN_PATH,
@@ -34,12 +35,14 @@ from target_dengage.protocol import (
     parse_login,
 )
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Answers worth another try; 429 has its own budget, see ``DengageClient._send``.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RATE_LIMITED = 429
+#: Consecutive 429s on one call before giving up (an hour at the sync endpoint's pace).
+MAX_RATE_LIMITED_TRIES = 60
 #: Refresh the cached token this long before D·engage says it expires.
 TOKEN_MARGIN_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
-PACING_MARGIN = 0.02
-MAX_PACING_MARGIN_SECONDS = 1.0
 
 FORBIDDEN_HELP = (
     "D·engage answered 403 Forbidden to {what}. D·engage gives this one answer for three "
@@ -47,47 +50,6 @@ FORBIDDEN_HELP = (
     "account's API IP allowlist; (2) the API user key / password or access token is wrong; "
     "(3) the API user lacks the {role} role."
 )
-
-
-class Pacer:
-    """Spaces out calls: never two at once, starts at least ``interval`` seconds apart.
-
-    The lock is held for the whole call, which is what makes "never two at once" hold
-    across threads; the wait is logged once, with the time left. D·engage times a call
-    from when it has read it, which varies with the body size and the network, so the
-    pacer keeps a small margin (2 % of the interval, at most 1 s): a 429 would cost a
-    whole interval.
-    """
-
-    def __init__(
-        self,
-        interval: float,
-        logger: logging.Logger,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.interval = interval
-        self._spacing = interval + min(MAX_PACING_MARGIN_SECONDS, interval * PACING_MARGIN)
-        self._logger = logger
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_start: float | None = None
-        self.waited_seconds = 0.0
-
-    def run(self, call: Callable[[], requests.Response]) -> requests.Response:
-        with self._lock:
-            if self._last_start is not None:
-                left = self._last_start + self._spacing - self._clock()
-                if left > 0:
-                    self._logger.info(
-                        "Waiting %.1f s before the next BulkUpsert call "
-                        "(D·engage allows one call every %g s).",
-                        left,
-                        self.interval,
-                    )
-                    time.sleep(left)
-                    self.waited_seconds += left
-            self._last_start = self._clock()
-            return call()
 
 
 @dataclass
@@ -106,7 +68,7 @@ class DengageClient:
         userkey: str | None,
         password: str | None,
         access_token: str | None,
-        request_interval_seconds: float,
+        pacer: Pacer,
         max_retries: int,
         timeout_seconds: float,
         logger: logging.Logger,
@@ -119,8 +81,10 @@ class DengageClient:
         self._max_retries = max_retries
         self._timeout = timeout_seconds
         self._logger = logger
-        self.pacer = Pacer(request_interval_seconds, logger)
+        self.pacer = pacer
         self.retries = 0
+        self.rate_limited = 0
+        self.rate_limited_seconds = 0.0
         self.logins = 0
         self._session = requests.Session()
         self._session.headers.update(
@@ -224,10 +188,16 @@ class DengageClient:
         headers: dict[str, str],
         paced: bool = False,
     ) -> requests.Response:
-        """POST with retries on 429, 5xx and network errors; other answers go back to the caller.
+        """POST with the retry policy; answers other than 429/5xx go back to the caller.
 
-        A 5xx or a timeout may come after D·engage applied the request. Resending is still
-        safe: BulkUpsert is an upsert by contact_key, so applying it twice gives the same rows.
+        - 500/502/503/504, connection errors and timeouts use up ``max_retries``, with
+          exponential backoff and full jitter. A 5xx or a timeout may come after D·engage
+          applied the request; resending is still safe, because BulkUpsert is an upsert by
+          contact_key: applying it twice leaves the same rows.
+        - 429 is the API asking us to slow down, not a failure: it has its own, larger
+          budget. On the paced sync endpoint the next try waits a whole interval (the
+          refused call counts as a start); elsewhere it backs off like a failure.
+        - ``Retry-After`` wins whenever D·engage sends it.
         """
         url = self._base + path
         kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict) else {"data": body}
@@ -235,38 +205,92 @@ class DengageClient:
         def post() -> requests.Response:
             return self._session.post(url, timeout=self._timeout, headers=headers, **kwargs)
 
-        delays: Iterator[float] = backoff.expo(base=2, factor=1, max_value=BACKOFF_MAX_SECONDS)
-        next(delays)  # prime the generator, as backoff itself does
-        tries = self._max_retries + 1
-        attempt = 0
+        failure_delays = _delays()
+        limit_delays = _delays()
+        failures = limited = 0
+        limited_since: float | None = None
         while True:
-            attempt += 1
+            response: requests.Response | None = None
             try:
-                response = self.pacer.run(post) if paced else post()
+                answer = self.pacer.run(post) if paced else post()
             except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = f"{type(exc).__name__}"
-                retry_after = None
+                problem = _network_problem(exc, self._timeout)
             else:
-                if response.status_code not in RETRY_STATUSES:
-                    return response
-                problem = f"HTTP {response.status_code} ({_describe(response)})"
-                retry_after = _retry_after(response)
-            if attempt == tries:
-                raise DengageUnavailableError(
-                    f"D·engage did not accept {what} after {tries} tries; the last answer was "
-                    f"{problem}."
+                if answer.status_code != RATE_LIMITED and answer.status_code not in RETRY_STATUSES:
+                    self._end_rate_limit(limited_since, paced)
+                    return answer
+                response = answer
+                problem = f"HTTP {answer.status_code} ({_describe(answer)})"
+            retry_after = _retry_after(response) if response is not None else None
+            if response is not None and response.status_code == RATE_LIMITED:
+                limited += 1
+                self.rate_limited += 1
+                if limited > MAX_RATE_LIMITED_TRIES:
+                    raise DengageUnavailableError(
+                        f"D·engage kept answering 429 Too Many Requests to {what} "
+                        f"({limited} times in a row); another client may be using this "
+                        "account's BulkUpsert budget."
+                    )
+                if limited_since is None:
+                    limited_since = time.monotonic()
+                if retry_after is not None:
+                    delay = retry_after
+                elif paced and self.pacer.interval > 0:
+                    delay = 0.0  # the pacer waits a whole interval before the next try
+                else:
+                    delay = backoff.full_jitter(next(limit_delays))
+                self._logger.warning(
+                    "%s was rate-limited (429, %d in a row); trying again in %.1f s%s.",
+                    what,
+                    limited,
+                    max(delay, self.pacer.interval if paced else 0.0),
+                    " (Retry-After)" if retry_after is not None else "",
                 )
-            delay = retry_after if retry_after is not None else backoff.full_jitter(next(delays))
-            self.retries += 1
-            self._logger.warning(
-                "%s answered %s; retry %d of %d in %.1f s.",
-                what,
-                problem,
-                attempt,
-                self._max_retries,
-                delay,
-            )
+            else:
+                failures += 1
+                if failures > self._max_retries:
+                    raise DengageUnavailableError(
+                        f"D·engage did not accept {what} after {failures} tries; the last "
+                        f"answer was {problem}."
+                    )
+                self.retries += 1
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else backoff.full_jitter(next(failure_delays))
+                )
+                self._logger.warning(
+                    "%s failed: %s; retry %d of %d in %.1f s.",
+                    what,
+                    problem,
+                    failures,
+                    self._max_retries,
+                    delay,
+                )
             time.sleep(delay)
+
+    def _end_rate_limit(self, since: float | None, paced: bool) -> None:
+        """Add the time from the first 429 to the try that got through to the run's total."""
+        if since is None:
+            return
+        resumed = self.pacer.last_start if paced and self.pacer.last_start else time.monotonic()
+        waited = max(0.0, resumed - since)
+        self.rate_limited_seconds += waited
+        self._logger.warning(
+            "Rate-limited by D·engage for %.1f s before the call went through.", waited
+        )
+
+
+def _delays() -> Iterator[float]:
+    delays: Iterator[float] = backoff.expo(base=2, factor=1, max_value=BACKOFF_MAX_SECONDS)
+    next(delays)  # prime the generator, as backoff itself does
+    return delays
+
+
+def _network_problem(exc: requests.RequestException, timeout: float) -> str:
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within request_timeout_seconds ({timeout:g} s)"
+    return f"connection error ({type(exc).__name__})"
 
 
 def _json(response: requests.Response) -> Any:

@@ -144,6 +144,7 @@ class _Fault:
     remaining: int
     hang_seconds: float
     body: dict[str, Any] | None
+    headers: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +253,17 @@ def _parse_batch(body: Any, custom_columns: frozenset[str]) -> _Batch:
 
 
 def _is_string(value: Any, max_length: int) -> bool:
-    return isinstance(value, str) and len(value) <= max_length
+    """A storable string: within the limit, no NUL, no unpaired surrogate (not valid UTF-8)."""
+    if not isinstance(value, str) or len(value) > max_length or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _value_problem(column: str, value: Any) -> str | None:
+def value_problem(column: str, value: Any) -> str | None:
     """Describe why ``value`` is not acceptable for ``column``, or return None if it is."""
     if value is None:
         return "null is not accepted"
@@ -297,7 +305,7 @@ def _record_errors(batch: _Batch) -> list[dict[str, Any]]:
     for index, row in enumerate(batch.rows):
         key = row["contact_key"] if isinstance(row["contact_key"], str) else None
         for column in batch.columns:
-            if problem := _value_problem(column, row[column]):
+            if problem := value_problem(column, row[column]):
                 item = {"contact_key": key, "index": index, "field": column}
                 errors.append({**item, "message": problem})
     return errors
@@ -405,6 +413,7 @@ class DengageEmulator:
         self._contacts: dict[str, dict[str, Any]] = {}
         self._log: list[dict[str, Any]] = []
         self._faults: deque[_Fault] = deque()
+        self._refused_keys: set[str] = set()
         self._jobs: dict[str, _Job] = {}
         self._job_failures: deque[str] = deque()
         self._job_hangs = 0
@@ -498,8 +507,11 @@ class DengageEmulator:
         count: int = 1,
         hang_seconds: float = 0.0,
         body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Make the next ``count`` /rest/* requests under ``path`` hang and/or fail.
+
+        ``headers`` go with a fault's answer, e.g. ``{"Retry-After": "2"}``.
 
         A fault with a status answers before authentication and pacing (like a failing gateway),
         so it never moves the once-a-minute window and applies nothing.
@@ -514,8 +526,22 @@ class DengageEmulator:
             raise ValueError("hang_seconds must be a non-negative number")
         if body is not None and not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
+        if headers is not None and not (
+            isinstance(headers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise ValueError("headers must map header names to strings")
         with self._lock:
-            self._faults.append(_Fault(path, status, count, float(hang_seconds), body))
+            self._faults.append(_Fault(path, status, count, float(hang_seconds), body, headers))
+
+    def refuse_batches_containing(self, contact_keys: Iterable[str]) -> None:
+        """Answer 400 FieldError, naming no record, to any BulkUpsert that carries one of these
+        contact keys: a whole-request refusal the client cannot attribute to a record."""
+        keys = list(contact_keys)
+        if not all(isinstance(key, str) for key in keys):
+            raise ValueError("contact_keys must be strings")
+        with self._lock:
+            self._refused_keys.update(keys)
 
     def expire_tokens(self) -> None:
         """Invalidate every issued token and, for good, the static ones."""
@@ -534,6 +560,7 @@ class DengageEmulator:
             self._contacts.clear()
             self._log.clear()
             self._faults.clear()
+            self._refused_keys.clear()
             self._jobs.clear()
             self._job_failures.clear()
             self._job_hangs = 0
@@ -589,7 +616,9 @@ class DengageEmulator:
             if fault is not None and fault.status is not None:
                 self._pause(fault.hang_seconds)
                 reply = _Reply(
-                    fault.status, fault.body if fault.body is not None else INJECTED_FAULT
+                    fault.status,
+                    fault.body if fault.body is not None else INJECTED_FAULT,
+                    tuple((fault.headers or {}).items()),
                 )
             else:
                 reply = self._route(method, path, authorization, body, fault)
@@ -669,6 +698,17 @@ class DengageEmulator:
             expiry = self._tokens.get(token)
             return expiry is not None and time.monotonic() < expiry
 
+    def _parse_admitted(self, body: Any, custom_columns: frozenset[str]) -> _Batch:
+        """Structural checks, plus the refusals a test asked for (refuse_batches_containing)."""
+        batch = _parse_batch(body, custom_columns)
+        with self._lock:
+            refused = self._refused_keys.intersection(
+                key for row in batch.rows if isinstance(key := row["contact_key"], str)
+            )
+        if refused:
+            raise _FieldError("FieldError: the request could not be processed")
+        return batch
+
     def _bulk_sync(self, body: Any, hang: float) -> _Reply:
         """Sync BulkUpsert: admit at most one call at a time and one per interval, then upsert."""
         with self._lock:
@@ -682,7 +722,7 @@ class DengageEmulator:
         try:
             self._pause(hang)
             try:
-                batch = _parse_batch(body, custom_columns)
+                batch = self._parse_admitted(body, custom_columns)
             except _FieldError as exc:
                 return _field_error(str(exc))
             errors = _record_errors(batch)
@@ -710,7 +750,7 @@ class DengageEmulator:
         try:
             self._pause(hang)
             try:
-                batch = _parse_batch(body, custom_columns)
+                batch = self._parse_admitted(body, custom_columns)
             except _FieldError as exc:
                 return _field_error(str(exc))
             errors = _record_errors(batch)
@@ -779,6 +819,7 @@ class DengageEmulator:
         }
         writers: dict[str, Callable[..., None]] = {
             "faults": self.inject_fault,
+            "refuse": self.refuse_batches_containing,
             "options": self.set_options,
             "expire-tokens": self.expire_tokens,
             "reset": self.reset,

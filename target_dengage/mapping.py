@@ -46,6 +46,8 @@ EMAIL_MAX = 255
 GSM_MAX = 20
 TEXT_MAX = 100
 CUSTOM_MAX = 4000
+MASK_LONG = 40
+MASK_KEEP_DOMAIN = 64
 
 _EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
 #: Separators people type into phone numbers; removed before the digits-only check.
@@ -68,30 +70,57 @@ class InvalidValueError(ValueError):
     """A value that cannot be made valid for its column."""
 
 
+def _kind(value: object) -> str:
+    """How a value is described in messages: its JSON kind, never its content (PII)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return type(value).__name__
+
+
+def _clean(text: str) -> str:
+    """Refuse what no text column can hold: NUL characters (and lone surrogates)."""
+    if "\x00" in text:
+        raise InvalidValueError("contains a NUL character (\\u0000)")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise InvalidValueError("contains an unpaired UTF-16 surrogate") from None
+    return text
+
+
 def _text(value: object) -> str:
     if isinstance(value, str):
         if not value.strip():
             raise Absent
-        return value
+        return _clean(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
-            raise InvalidValueError(f"{value} is not a value D·engage can store")
+            raise InvalidValueError("is not a finite number")
         return str(int(value)) if value == value.to_integral_value() else str(value)
     if isinstance(value, float):
         return _text(Decimal(repr(value)))
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
-    raise InvalidValueError(f"expected text, got {type(value).__name__}")
+    raise InvalidValueError(f"must be text, not {_kind(value)}")
 
 
 def coerce_key(value: object) -> str:
     """Contact keys: text or whole numbers (``42`` and ``42.0`` both become ``"42"``)."""
     if isinstance(value, bool | dict | list):
-        raise InvalidValueError(f"a contact key must be text or a whole number, not {value!r}")
+        raise InvalidValueError(f"must be text or a whole number, not {_kind(value)}")
     try:
         text = _text(value).strip()
     except Absent:
@@ -104,8 +133,8 @@ def coerce_key(value: object) -> str:
 def coerce_email(value: object) -> str:
     """Trimmed and lowercased, as D·engage stores it, so duplicates compare equal."""
     if not isinstance(value, str):
-        raise InvalidValueError(f"expected an email address, got {type(value).__name__}")
-    text = value.strip()
+        raise InvalidValueError(f"must be an email address, not {_kind(value)}")
+    text = _clean(value.strip())
     if not text:
         raise Absent
     if len(text) > EMAIL_MAX:
@@ -129,7 +158,7 @@ def coerce_boolean(value: object) -> bool:
             return False
         if not word:
             raise Absent
-    raise InvalidValueError(f"expected true/false, 1/0 or yes/no, got {value!r}")
+    raise InvalidValueError("must be true/false, 1/0 or yes/no")
 
 
 def coerce_date(value: object) -> str:
@@ -139,7 +168,7 @@ def coerce_date(value: object) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     if not isinstance(value, str):
-        raise InvalidValueError(f"expected a date, got {type(value).__name__}")
+        raise InvalidValueError(f"must be a date, not {_kind(value)}")
     text = value.strip()
     if not text:
         raise Absent
@@ -148,13 +177,13 @@ def coerce_date(value: object) -> str:
             return dt.date.fromisoformat(text).isoformat()
         return coerce_date(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
-        raise InvalidValueError(f"{value!r} is not a date (expected yyyy-MM-dd)") from None
+        raise InvalidValueError("is not a date (expected yyyy-MM-dd)") from None
 
 
 def coerce_gsm(value: object) -> str:
     """Phone numbers are sent as digits only (country code included, no ``+``)."""
     if isinstance(value, bool):
-        raise InvalidValueError("expected a phone number, got a boolean")
+        raise InvalidValueError("must be a phone number, not a boolean")
     if isinstance(value, int):
         text = str(value)
     elif isinstance(value, Decimal) and value.is_finite() and value == int(value):
@@ -164,7 +193,7 @@ def coerce_gsm(value: object) -> str:
             raise Absent
         text = value.translate(_GSM_SEPARATORS)
     else:
-        raise InvalidValueError(f"expected a phone number, got {type(value).__name__}")
+        raise InvalidValueError(f"must be a phone number, not {_kind(value)}")
     if not text.isdigit() or not text.isascii():
         raise InvalidValueError("must contain only digits (with country code)")
     if len(text) > GSM_MAX:
@@ -180,7 +209,7 @@ def coerce_status(value: object) -> str:
             return word
         if not word:
             raise Absent
-    raise InvalidValueError(f"must be A or P, got {value!r}")
+    raise InvalidValueError("must be A or P")
 
 
 def coerce_text100(value: object) -> str:
@@ -376,12 +405,23 @@ def build_row(
 def mask(value: object) -> str:
     """Hide personal data in log lines while keeping enough to recognise it.
 
-    ``jane.doe@example.com`` → ``j***@example.com``; ``905351234567`` → ``90******67``.
+    ``jane.doe@example.com`` → ``j***@example.com``; ``905351234567`` → ``90***67``. The result
+    is short whatever the input (a 10 MB value must not become a 10 MB log line).
     """
-    text = str(value)
+    text = str(value) if not isinstance(value, str) else value
     if "@" in text:
         local, _, domain = text.partition("@")
-        return f"{local[:1]}***@{domain}"
+        return f"{local[:1]}***@{domain[:MASK_KEEP_DOMAIN]}"
     if len(text) <= 4:
         return "*" * len(text)
-    return f"{text[:2]}{'*' * (len(text) - 4)}{text[-2:]}"
+    hidden = f"***({len(text)} chars)***" if len(text) > MASK_LONG else "***"
+    return f"{text[:2]}{hidden}{text[-2:]}"
+
+
+_PII_RE = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+|\+?\d[\d \-]{8,}\d")
+
+
+def scrub(text: str) -> str:
+    """Mask anything that looks like an email or a phone number in free text, e.g. an API
+    message that quotes the value it refused."""
+    return _PII_RE.sub(lambda m: mask(m.group()), text)

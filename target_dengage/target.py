@@ -9,6 +9,7 @@ import sys
 import time
 import typing as t
 from collections import deque
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
@@ -27,6 +28,7 @@ from target_dengage.batcher import ContactBatcher
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, InvalidInputError
 from target_dengage.mapping import validate_column_config
+from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.rejects import RejectedRecords
 from target_dengage.sinks import DengageSink
 
@@ -67,6 +69,10 @@ class LineNumberedReader(SingerReader):
                 f"Input line {self.line_number} is not a Singer message (a JSON object)."
             )
         return message
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -185,11 +191,23 @@ class TargetDengage(Target):
             ),
         ),
         th.Property(
+            "pacing_state_path",
+            th.StringType,
+            description=(
+                "File that remembers when the last BulkUpsert call of each account started, "
+                "so a run started right after another still keeps to one call per interval. "
+                "Default: $XDG_CACHE_HOME/target-dengage/pacing.json (~/.cache/...)."
+            ),
+        ),
+        th.Property(
             "max_retries",
             th.IntegerType(nullable=False),
             default=5,
             minimum=0,
-            description="Retries of a call answered 429/5xx or lost to a network error.",
+            description=(
+                "Retries of a call answered 5xx, timed out or lost to a network error "
+                "(429 answers wait and retry without using these up)."
+            ),
         ),
         th.Property(
             "request_timeout_seconds",
@@ -224,12 +242,17 @@ class TargetDengage(Target):
             if config.get("rejected_records_path")
             else None
         )
+        memory = PacingMemory(
+            Path(config.get("pacing_state_path") or default_pacing_path()).expanduser(),
+            account_key(config["api_url"], config.get("userkey"), config.get("access_token")),
+            self.logger,
+        )
         self.client = DengageClient(
             api_url=config["api_url"],
             userkey=config.get("userkey"),
             password=config.get("password"),
             access_token=config.get("access_token"),
-            request_interval_seconds=config["request_interval_seconds"],
+            pacer=Pacer(config["request_interval_seconds"], self.logger, memory),
             max_retries=config["max_retries"],
             timeout_seconds=config["request_timeout_seconds"],
             logger=self.logger,
@@ -281,7 +304,34 @@ class TargetDengage(Target):
 
     # Records and STATE ----------------------------------------------------------------
 
+    def _bad_message(self, what: str) -> InvalidInputError:
+        line = t.cast("LineNumberedReader", self.message_reader).line_number
+        return InvalidInputError(f"Input line {line}: {what}")
+
+    def _process_schema_message(self, message_dict: dict[str, t.Any]) -> None:
+        schema = message_dict.get("schema")
+        keys = message_dict.get("key_properties")
+        if (
+            not isinstance(message_dict.get("stream"), str)
+            or not isinstance(schema, dict)
+            or not isinstance(schema.get("properties"), dict)
+            or not (
+                keys is None or (isinstance(keys, list) and all(isinstance(k, str) for k in keys))
+            )
+        ):
+            raise self._bad_message(
+                "a SCHEMA message needs a 'stream' (text), a 'schema' object with "
+                "'properties', and 'key_properties' as a list of names."
+            )
+        super()._process_schema_message(message_dict)
+
     def _process_record_message(self, message_dict: dict[str, t.Any]) -> None:
+        if not isinstance(message_dict.get("stream"), str) or not isinstance(
+            message_dict.get("record"), dict
+        ):
+            raise self._bad_message(
+                "a RECORD message needs a 'stream' (text) and a 'record' (an object)."
+            )
         self.record_seq += 1
         super()._process_record_message(message_dict)
 
@@ -351,7 +401,8 @@ class TargetDengage(Target):
         self.logger.info(
             "Run summary: %d records read; %d contacts sent in %d requests (%d inserted, "
             "%d updated); %d rejected locally, %d rejected by D·engage%s; %d duplicates "
-            "merged; %d warnings; %d retries; %.0f s waiting for the rate limit; %.1f s in all.",
+            "merged; %d warnings; %d retries; rate-limited (429) %d times for %.0f s; %.0f s "
+            "pacing waits; %.1f s in all.",
             s.records_read,
             s.contacts_sent,
             s.requests,
@@ -363,6 +414,8 @@ class TargetDengage(Target):
             s.duplicates_merged,
             s.warnings,
             self.client.retries,
+            self.client.rate_limited,
+            self.client.rate_limited_seconds,
             self.client.pacer.waited_seconds,
             time.monotonic() - self._started,
         )
@@ -397,6 +450,10 @@ class TargetDengage(Target):
         target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
         try:
             target.listen(file_input)
+        except UnicodeDecodeError:
+            line = t.cast("LineNumberedReader", target.message_reader).line_number
+            cls.logger.error("Input after line %d is not valid UTF-8 text.", line)
+            sys.exit(1)
         except (
             DengageError,
             InvalidInputLine,

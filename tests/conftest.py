@@ -86,6 +86,7 @@ def run_target(
     config_path.write_text(json.dumps(config))
     text = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_DENGAGE_")}
+    process_env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     process_env.update(env or {})
     with subprocess.Popen(
         [*cli_command(), "--config", str(config_path), *args],

@@ -12,6 +12,7 @@ from target_dengage.mapping import (
     StreamPlan,
     build_row,
     mask,
+    scrub,
     plan_stream,
     validate_column_config,
 )
@@ -79,23 +80,30 @@ def test_values_are_normalised(column: str, value: object, expected: object) -> 
         ("email", "not-an-email", "not an email address"),
         ("email", "a@b", "not an email address"),
         ("email", "x" * 250 + "@example.com", "limit is 255"),
-        ("email", 12, "expected an email address"),
+        ("email", 12, "must be an email address, not a number"),
         ("gsm", "9" * 21, "21 digits; the limit is 20"),
         ("gsm", "call me", "only digits"),
         ("gsm", "٩٠٥", "only digits"),
         ("gsm", True, "boolean"),
         ("email_permission", "maybe", "true/false"),
+        ("contact_key", {"a": 1}, "not an object"),
         ("email_permission", 2, "true/false"),
         ("gsm_status", "X", "must be A or P"),
         ("birth_date", "03/02/1990", "not a date"),
         ("birth_date", "1990-02-30", "not a date"),
         ("name", "x" * 101, "limit is 100"),
-        ("tier", Decimal("NaN"), "not a value"),
+        ("tier", Decimal("NaN"), "not a finite number"),
+        ("name", "a\x00b", "NUL"),
+        ("email", "a\x00@b.co", "NUL"),
+        ("tier", "\ud800", "surrogate"),
     ],
 )
 def test_invalid_values_are_named(column: str, value: object, message: str) -> None:
-    plan = _plan(properties=("id", column))
-    row, problems = build_row(plan, {"id": "k", column: value})
+    if column == "contact_key":
+        plan, record = _plan(properties=("id",)), {"id": value}
+    else:
+        plan, record = _plan(properties=("id", column)), {"id": "k", column: value}
+    row, problems = build_row(plan, record)
     assert problems is not None
     assert [p.column for p in problems] == [column]
     assert message in problems[0].message
@@ -157,5 +165,11 @@ def test_column_config_validation() -> None:
 
 def test_mask_hides_personal_data() -> None:
     assert mask("jane.doe@example.com") == "j***@example.com"
-    assert mask("905351234567") == "90********67"
+    assert mask("905351234567") == "90***67"
+    assert mask("x" * 10_000_000) == "xx***(10000000 chars)***xx"
     assert mask("abc") == "***"
+
+
+def test_scrub_masks_emails_and_phone_numbers_in_free_text() -> None:
+    text = scrub("Invalid email 'Jane.Doe@example.com' and gsm 905351234567 for id 4711")
+    assert text == "Invalid email 'J***@example.com' and gsm 90***67 for id 4711"
