@@ -239,8 +239,10 @@ class ContactBatcher:
         waited = self._client.pacer.waited_seconds
         try:
             outcome = self._client.bulk_upsert(body)
-        finally:
-            self.stats.requests += 1
+        except DengageRequestError:
+            self.stats.requests += 1  # answered, if with a refusal
+            raise
+        self.stats.requests += 1
         paced = self._client.pacer.waited_seconds - waited
         elapsed_ms = (time.monotonic() - started - paced) * 1000
 

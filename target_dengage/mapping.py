@@ -134,14 +134,15 @@ def coerce_email(value: object) -> str:
     """Trimmed and lowercased, as D·engage stores it, so duplicates compare equal."""
     if not isinstance(value, str):
         raise InvalidValueError(f"must be an email address, not {_kind(value)}")
-    text = _clean(value.strip())
+    # Lowercased first: that is what D·engage stores, and lowercasing can lengthen text.
+    text = _clean(value.strip()).lower()
     if not text:
         raise Absent
     if len(text) > EMAIL_MAX:
         raise InvalidValueError(f"is {len(text)} characters long; the limit is {EMAIL_MAX}")
     if not _EMAIL_RE.fullmatch(text):
         raise InvalidValueError("is not an email address")
-    return text.lower()
+    return text
 
 
 def coerce_boolean(value: object) -> bool:

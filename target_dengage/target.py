@@ -64,9 +64,10 @@ class LineNumberedReader(SingerReader):
                 f"Input line {self.line_number} is not valid JSON ({exc.msg} at column "
                 f"{exc.colno}); a Singer tap must write one JSON message per line."
             ) from None
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise InvalidInputError(
-                f"Input line {self.line_number} is not a Singer message (a JSON object)."
+                f"Input line {self.line_number} is not a Singer message (a JSON object with "
+                "a 'type')."
             )
         return message
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,12 @@ from target_dengage.emulator import DengageEmulator
 USERKEY = "test-user"
 PASSWORD = "s3cret-Pa55word!"
 STATIC_TOKEN = "pre-issued-token-0123456789abcdef"
+
+NETWORK_GUARD = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+}
 
 #: Every test run is bounded: a target that hangs fails the test instead of the suite.
 RUN_TIMEOUT = 120
@@ -73,6 +80,19 @@ def base_config(emulator: DengageEmulator, tmp_path: Path) -> dict[str, Any]:
     }
 
 
+_UNMASKED_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def assert_clean_log(stderr: str, config: dict[str, Any]) -> None:
+    """Every run of the suite is checked: no secret and no unmasked email in the log."""
+    for name in ("password", "access_token"):
+        secret = config.get(name)
+        if secret:
+            assert secret not in stderr, f"the {name} leaked into the log"
+    leaked = _UNMASKED_EMAIL.findall(stderr)
+    assert not leaked, f"unmasked email addresses in the log: {leaked[:3]}"
+
+
 def run_target(
     config: dict[str, Any],
     messages: Sequence[dict[str, Any] | str],
@@ -80,13 +100,19 @@ def run_target(
     *,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    kill_after: float | None = None,
 ) -> Run:
-    """Run the installed CLI as a user would: config file, messages on stdin."""
+    """Run the installed CLI as a user would: config file, messages on stdin.
+
+    ``kill_after`` sends SIGKILL that many seconds after the start, as a crash would.
+    """
     config_path = tmp_path / f"config-{time.monotonic_ns()}.json"
     config_path.write_text(json.dumps(config))
     text = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_DENGAGE_")}
     process_env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    # A safety net: anything but loopback would go to a dead proxy on loopback, never out.
+    process_env.update(NETWORK_GUARD)
     process_env.update(env or {})
     with subprocess.Popen(
         [*cli_command(), "--config", str(config_path), *args],
@@ -117,6 +143,9 @@ def run_target(
         readers = [threading.Thread(target=read_stdout), threading.Thread(target=read_stderr)]
         for reader in readers:
             reader.start()
+        killer = threading.Timer(kill_after, proc.kill) if kill_after is not None else None
+        if killer is not None:
+            killer.start()
         try:
             proc.stdin.write(text)
             proc.stdin.close()
@@ -125,10 +154,14 @@ def run_target(
         try:
             proc.wait(timeout=RUN_TIMEOUT)
         finally:
+            if killer is not None:
+                killer.cancel()
             proc.kill()
             for reader in readers:
                 reader.join()
-    return Run(proc.returncode, "".join(lines), "".join(errors), times)
+    run = Run(proc.returncode, "".join(lines), "".join(errors), times)
+    assert_clean_log(run.stderr, config)
+    return run
 
 
 def schema(

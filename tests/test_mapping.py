@@ -12,8 +12,8 @@ from target_dengage.mapping import (
     StreamPlan,
     build_row,
     mask,
-    scrub,
     plan_stream,
+    scrub,
     validate_column_config,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -10,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MAPPING, cli_command, contact, record, schema, state
+from conftest import (
+    MAPPING,
+    NETWORK_GUARD,
+    assert_clean_log,
+    cli_command,
+    contact,
+    record,
+    schema,
+    state,
+)
 
 from target_dengage.emulator import DengageEmulator
 
@@ -24,6 +34,7 @@ def _start(config: dict[str, Any], tmp_path: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **NETWORK_GUARD, "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
 
 
@@ -70,3 +81,4 @@ def test_signal_stops_without_acknowledging_unconfirmed_records(
     assert proc.returncode == 128 + signum
     assert rest == ""  # no STATE for record 2
     assert f"Received signal {int(signum)}; stopping" in stderr
+    assert_clean_log(stderr, config)
