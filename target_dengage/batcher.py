@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from target_dengage.client import DengageClient
-from target_dengage.errors import DengageRequestError
+from target_dengage.errors import DengageError, DengageRequestError
+from target_dengage.jobs import AsyncOptions, Job, JobTracker
 from target_dengage.mapping import CONTACT_KEY, FieldProblem, Value, mask, scrub
-from target_dengage.protocol import ItemIssue, bulk_body
+from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
 
 #: How many individual API errors or warnings are spelled out in the log per request.
@@ -86,6 +87,7 @@ class ContactBatcher:
         stop_on_error: bool,
         logger: logging.Logger,
         on_confirmed: Callable[[], None],
+        async_options: AsyncOptions | None = None,
     ) -> None:
         self._client = client
         self._rejects = rejects
@@ -100,11 +102,25 @@ class ContactBatcher:
         #: no STATE past it is ever printed.
         self._blocked_seq: float = math.inf
         self.stats = RunStats()
+        self.jobs = (
+            JobTracker(
+                client,
+                async_options,
+                logger=logger,
+                on_done=self._job_done,
+                on_failed=self._job_failed,
+            )
+            if async_options is not None
+            else None
+        )
+        self._job_failures: list[str] = []
 
     @property
     def watermark(self) -> float:
         """Lowest sequence number not yet confirmed (``inf`` when everything is)."""
-        lowest = self._blocked_seq
+        lowest = (
+            self._blocked_seq if self.jobs is None else min(self._blocked_seq, self.jobs.min_seq)
+        )
         for bucket in self._buckets.values():
             lowest = min(lowest, bucket.min_seq)
         return lowest
@@ -164,8 +180,17 @@ class ContactBatcher:
         return f"Invalid record ({pending.describe()}): {reason}"
 
     def flush_all(self) -> None:
+        """Send everything buffered and, in async mode, wait until every job is resolved."""
         for bucket in list(self._buckets.values()):
             self._send(bucket)
+        if self.jobs is not None:
+            self.jobs.wait_all()
+            self._raise_job_failures()
+
+    def poll(self) -> None:
+        """Let finished async jobs confirm their records (a no-op in sync mode)."""
+        if self.jobs is not None:
+            self.jobs.poll_due()
 
     def flush_through(self, seq: int) -> None:
         """Send the buckets that hold back a STATE received after record ``seq``."""
@@ -182,7 +207,7 @@ class ContactBatcher:
         while groups:
             group = groups.pop(0)
             try:
-                self._upsert(columns, group, merged)
+                self._deliver(columns, group, merged)
             except DengageRequestError as exc:
                 if self._stop_on_error or exc.status != 400:
                     self._report_refusal(exc, group)
@@ -231,13 +256,73 @@ class ContactBatcher:
         )
         return [group[:half], group[half:]]
 
-    def _upsert(self, columns: list[str], group: list[Pending], merged: int) -> None:
+    def _deliver(self, columns: list[str], group: list[Pending], merged: int) -> None:
         body = bulk_body(
             columns,
             [p.row for p in group],
             insert_if_not_exists=self._insert,
             stop_on_error=self._stop_on_error,
         )
+        if self.jobs is None:
+            self._upsert(columns, group, merged, body)
+            return
+        if self._job_failures:
+            self.jobs.wait_all()
+            self._raise_job_failures()
+        self.stats.requests += 1
+        self.jobs.submit(columns, group, merged, body)
+        self.stats.contacts_sent += len(group)
+
+    def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
+        stats = self.stats
+        stats.inserted += len(outcome.inserted)
+        stats.updated += len(outcome.updated)
+        stats.warnings += len(outcome.warnings)
+        rejected = self._reject_api(outcome.errors, job.group)
+        self._log_warnings(outcome)
+        self._logger.info(
+            "Job %s confirmed after %.1f s: %d contacts (streams: %s): %d inserted, "
+            "%d updated, %d rejected, %d duplicates merged, %d warnings.",
+            job.job_id,
+            seconds,
+            len(job.group),
+            ", ".join(sorted({p.stream for p in job.group})),
+            len(outcome.inserted),
+            len(outcome.updated),
+            rejected,
+            job.merged,
+            len(outcome.warnings),
+        )
+        self._on_confirmed()
+
+    def _job_failed(self, job: Job, message: str) -> None:
+        """A failed job's records are not confirmed: no STATE past them, ever, in this run."""
+        self._job_failures.append(message)
+        self._blocked_seq = min(self._blocked_seq, job.min_seq)
+        self._logger.error(
+            "BulkUpsert-Async %s. Its %d contacts (streams: %s) are not confirmed; no STATE "
+            "past them will be printed, and the run will fail once the other jobs are resolved.",
+            scrub(message),
+            len(job.group),
+            ", ".join(sorted({p.stream for p in job.group})),
+        )
+
+    def _raise_job_failures(self) -> None:
+        if self._job_failures:
+            raise DengageError(
+                f"{len(self._job_failures)} BulkUpsert-Async job(s) failed: "
+                + "; ".join(scrub(m) for m in self._job_failures[:ISSUES_LOGGED_PER_REQUEST])
+            )
+
+    def _log_warnings(self, outcome: BulkOutcome) -> None:
+        for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
+            self._logger.warning(
+                "D·engage warning for contact_key '%s': %s",
+                _shown_key(issue.contact_key),
+                scrub(issue.message),
+            )
+
+    def _upsert(self, columns: list[str], group: list[Pending], merged: int, body: bytes) -> None:
         started = time.monotonic()
         waited = self._client.pacer.waited_seconds
         try:
@@ -255,12 +340,7 @@ class ContactBatcher:
         stats.updated += len(outcome.updated)
         stats.warnings += len(outcome.warnings)
         rejected = self._reject_api(outcome.errors, group)
-        for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
-            self._logger.warning(
-                "D·engage warning for contact_key '%s': %s",
-                _shown_key(issue.contact_key),
-                scrub(issue.message),
-            )
+        self._log_warnings(outcome)
         self._logger.info(
             "BulkUpsert %d: sent %d contacts (streams: %s; columns: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings, %.0f ms.",

@@ -25,13 +25,18 @@ from target_dengage.errors import (
 )
 from target_dengage.pacing import Pacer
 from target_dengage.protocol import (
+    ASYNC_PATH,
     BULK_PATH,
     LOGIN_PATH,
     BulkOutcome,
+    JobStatus,
     envelope_code,
     envelope_message,
     error_issues,
+    job_path,
     parse_bulk_outcome,
+    parse_job,
+    parse_job_id,
     parse_login,
 )
 
@@ -100,8 +105,23 @@ class DengageClient:
 
     def bulk_upsert(self, body: bytes) -> BulkOutcome:
         """Send one sync BulkUpsert and return what D·engage did with each contact."""
-        response = self._call(BULK_PATH, body, role="DataSpace.Manage", paced=True)
+        response = self._call("POST", BULK_PATH, body, role="DataSpace.Manage", paced=True)
         return parse_bulk_outcome(_json(response))
+
+    def submit_job(self, body: bytes) -> str:
+        """Start a BulkUpsert-Async job; return its id. Not paced: jobs may overlap."""
+        response = self._call("POST", ASYNC_PATH, body, role="DataSpace.Manage", paced=False)
+        try:
+            return parse_job_id(_json(response) if response.content else "")
+        except ValueError as exc:
+            raise DengageRequestError(
+                f"D·engage accepted a BulkUpsert-Async job but {exc}: {_describe(response)}",
+                status=response.status_code,
+            ) from None
+
+    def job_status(self, job_id: str) -> JobStatus:
+        response = self._call("GET", job_path(job_id), None, role="DataSpace.Read", paced=False)
+        return parse_job(_json(response))
 
     def _access_token(self) -> str:
         with self._token_lock:
@@ -115,6 +135,7 @@ class DengageClient:
 
     def _login(self) -> _Token:
         response = self._send(
+            "POST",
             LOGIN_PATH,
             {"userkey": self._userkey, "password": self._password},
             what="the login (POST /rest/login)",
@@ -138,15 +159,16 @@ class DengageClient:
         self._logger.info("Logged in to D·engage; the token is valid for %d s.", lifetime)
         return _Token(value, refresh_at=time.monotonic() + lifetime - margin)
 
-    def _call(self, path: str, body: bytes, *, role: str, paced: bool) -> requests.Response:
-        what = f"POST {path}"
+    def _call(
+        self, method: str, path: str, body: bytes | None, *, role: str, paced: bool
+    ) -> requests.Response:
+        what = f"{method} {path}"
         relogged = False
         while True:
-            headers = {
-                "Authorization": f"Bearer {self._access_token()}",
-                "Content-Type": "application/json",
-            }
-            response = self._send(path, body, what=what, headers=headers, paced=paced)
+            headers = {"Authorization": f"Bearer {self._access_token()}"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            response = self._send(method, path, body, what=what, headers=headers, paced=paced)
             status = response.status_code
             if status == 401:
                 if not self._can_login:
@@ -181,8 +203,9 @@ class DengageClient:
 
     def _send(
         self,
+        method: str,
         path: str,
-        body: bytes | dict[str, Any],
+        body: bytes | dict[str, Any] | None,
         *,
         what: str,
         headers: dict[str, str],
@@ -202,8 +225,10 @@ class DengageClient:
         url = self._base + path
         kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict) else {"data": body}
 
-        def post() -> requests.Response:
-            return self._session.post(url, timeout=self._timeout, headers=headers, **kwargs)
+        def request() -> requests.Response:
+            return self._session.request(
+                method, url, timeout=self._timeout, headers=headers, **kwargs
+            )
 
         failure_delays = _delays()
         limit_delays = _delays()
@@ -212,7 +237,7 @@ class DengageClient:
         while True:
             response: requests.Response | None = None
             try:
-                answer = self.pacer.run(post) if paced else post()
+                answer = self.pacer.run(request) if paced else request()
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = _network_problem(exc, self._timeout)
             else:

@@ -132,6 +132,8 @@ class _Job:
     due: float
     fail_message: str | None
     hang: bool
+    submitted: float  # wall-clock time, for tests that compare with the client's clock
+    duration: float
     status: str = "Processing"
     message: str = "Processing"
     outcome: _Outcome = dataclasses.field(default_factory=_Outcome)
@@ -414,8 +416,9 @@ class DengageEmulator:
         self._log: list[dict[str, Any]] = []
         self._faults: deque[_Fault] = deque()
         self._refused_keys: set[str] = set()
+        self._job_durations: deque[float] = deque()
         self._jobs: dict[str, _Job] = {}
-        self._job_failures: deque[str] = deque()
+        self._job_failures: deque[str | None] = deque()  # None: that job runs normally
         self._job_hangs = 0
         self._sync_busy = False
         self._sync_last_start: float | None = None
@@ -561,15 +564,45 @@ class DengageEmulator:
             self._log.clear()
             self._faults.clear()
             self._refused_keys.clear()
+            self._job_durations.clear()
             self._jobs.clear()
             self._job_failures.clear()
             self._job_hangs = 0
             self._sync_last_start = None
             self._logins = 0
 
-    def fail_next_jobs(self, count: int = 1, message: str = "Injected job failure") -> None:
+    def fail_next_jobs(
+        self, count: int = 1, message: str = "Injected job failure", *, after: int = 0
+    ) -> None:
+        """The ``count`` jobs that follow the next ``after`` ones end Failed, applying nothing."""
         with self._lock:
-            self._job_failures.extend([message] * count)
+            self._job_failures.extend([None] * after + [message] * count)
+
+    def set_next_job_durations(self, seconds: Iterable[float]) -> None:
+        """Give the next async jobs these run times, in order (then async_job_seconds)."""
+        durations = [float(value) for value in seconds]
+        if any(value < 0 for value in durations):
+            raise ValueError("job durations must be non-negative")
+        with self._lock:
+            self._job_durations.extend(durations)
+
+    def jobs(self) -> list[dict[str, object]]:
+        """Every async job so far: id, status, wall-clock submit and finish times, keys."""
+        with self._lock:
+            self._settle_jobs()
+            return [
+                {
+                    "id": job.id,
+                    "status": job.status,
+                    "submitted": job.submitted,
+                    "finished": None
+                    if job.status == "Processing"
+                    else job.submitted + job.duration,
+                    "count": len(job.batch.rows),
+                    "contact_keys": [row["contact_key"] for row in job.batch.rows],
+                }
+                for job in self._jobs.values()
+            ]
 
     def hang_next_jobs(self, count: int = 1) -> None:
         with self._lock:
@@ -763,8 +796,21 @@ class DengageEmulator:
                     self._job_hangs -= 1
                 elif self._job_failures:
                     failure = self._job_failures.popleft()
-                due = time.monotonic() + self._options.async_job_seconds
-                job = _Job(str(uuid.uuid4()), batch, errors, due, failure, hang_job)
+                duration = (
+                    self._job_durations.popleft()
+                    if self._job_durations
+                    else self._options.async_job_seconds
+                )
+                job = _Job(
+                    str(uuid.uuid4()),
+                    batch,
+                    errors,
+                    time.monotonic() + duration,
+                    failure,
+                    hang_job,
+                    time.time(),
+                    duration,
+                )
                 self._jobs[job.id] = job
             body = {"transactionId": job.id, "code": 0, "message": "Accepted", "data": None}
             return _Reply(202, body)
@@ -814,6 +860,7 @@ class DengageEmulator:
         """Unauthenticated controls for CLI users and tests in other processes."""
         readers: dict[str, Callable[[], object]] = {
             "contacts": self.contacts,
+            "jobs": self.jobs,
             "requests": self.request_log,
             "health": lambda: {"ok": True},
         }

@@ -419,7 +419,9 @@ def mask(value: object) -> str:
     return f"{text[:2]}{hidden}{text[-2:]}"
 
 
-_PII_RE = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+|\+?\d[\d \-]{8,}\d")
+#: An email, or a phone-like run of 10+ digits (single spaces or dashes between them) that
+#: is not part of a longer token such as a UUID.
+_PII_RE = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+|(?<![\w-])\+?\d(?:[ -]?\d){9,}(?![\w-])")
 
 
 def scrub(text: str) -> str:

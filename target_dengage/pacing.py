@@ -7,17 +7,15 @@ call is therefore kept in a small JSON file, keyed by API URL and user.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from target_dengage.statefiles import default_state_dir, read_json_object, write_json_atomic
 
 T = TypeVar("T")
 
@@ -30,8 +28,7 @@ MAX_PACING_MARGIN_SECONDS = 1.0
 
 
 def default_pacing_path() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "target-dengage" / "pacing.json"
+    return default_state_dir() / "pacing.json"
 
 
 def account_key(api_url: str, userkey: str | None, access_token: str | None) -> str:
@@ -53,12 +50,7 @@ class PacingMemory:
         self._warned = False
 
     def _read(self) -> dict[str, float]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
+        data = read_json_object(self.path)
         return {k: v for k, v in data.items() if isinstance(v, int | float)}
 
     def last_start(self) -> float | None:
@@ -69,16 +61,7 @@ class PacingMemory:
         data = self._read()
         data[self._key] = started
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pacing-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(data, handle)
-                Path(tmp).replace(self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    Path(tmp).unlink()
-                raise
+            write_json_atomic(self.path, data)
         except OSError as exc:
             if not self._warned:
                 self._warned = True

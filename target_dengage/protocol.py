@@ -1,8 +1,9 @@
 """The D·engage wire format: request bodies out, answers in.
 
-CONTRACT.md marks the shape of answer items as *assumed* (plain contact-key strings, or
-objects with a key and a message). This module is the one place that interprets them, so
-when the real API turns out to differ, only this file changes.
+CONTRACT.md marks several shapes as *assumed*: answer items (plain contact-key strings, or
+objects with a key and a message), where the async job id sits in the 202 answer, and the
+job-status answer with its status words. This module is the one place that interprets them,
+so when the real API turns out to differ, only this file changes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from typing import Any
 
 LOGIN_PATH = "/rest/login"
 BULK_PATH = "/rest/bulk/contacts"
+ASYNC_PATH = "/rest/bulk/async/contacts"
+
+_JOB_ID_FIELDS = ("transactionId", "TransactionId", "jobId", "JobId", "id", "Id")
+_STATUS_FIELDS = ("status", "Status", "state", "State", "jobStatus")
+JOB_RUNNING = frozenset({"queued", "pending", "processing", "running", "inprogress"})
+JOB_DONE = frozenset({"completed", "success", "succeeded", "done", "finished"})
+JOB_FAILED = frozenset({"failed", "error", "cancelled", "canceled"})
 
 _KEY_FIELDS = ("contact_key", "contactKey", "ContactKey", "key", "Key")
 _MESSAGE_FIELDS = ("message", "Message", "error", "Error", "reason", "description", "errorMessage")
@@ -61,7 +69,9 @@ def bulk_body(
     ).encode()
 
 
-def _first(item: Mapping[str, Any], names: Sequence[str]) -> Any:
+def _first(item: object, names: Sequence[str]) -> Any:
+    if not isinstance(item, Mapping):
+        return None
     for name in names:
         value = item.get(name)
         if value not in (None, ""):
@@ -144,3 +154,48 @@ def parse_login(envelope: object) -> tuple[str, float]:
     except (TypeError, ValueError):
         seconds = 3600.0
     return token, seconds
+
+
+def job_path(job_id: str) -> str:
+    return f"{ASYNC_PATH}/{job_id}"
+
+
+def parse_job_id(envelope: object) -> str:
+    """The job id of a 202 answer: top-level ``transactionId`` (assumed), else in ``data``."""
+    for where in (envelope, payload(envelope)):
+        if isinstance(where, Mapping):
+            job_id = _first(where, _JOB_ID_FIELDS)
+            if isinstance(job_id, str | int) and not isinstance(job_id, bool):
+                return str(job_id)
+    if isinstance(envelope, str) and envelope.strip():
+        return envelope.strip()  # a bare id as the whole body
+    raise ValueError("the answer has no job id (transactionId)")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where an async job stands: ``running``, ``done`` or ``failed``, with its results."""
+
+    state: str
+    word: str
+    message: str
+    outcome: BulkOutcome
+
+
+def parse_job(envelope: object) -> JobStatus:
+    """Read a job-status answer; results sit in ``data`` or at the top level (both assumed).
+
+    Status words are matched without regard to case, spaces or underscores; an unknown word
+    is reported as still running, so the job timeout decides rather than a guess.
+    """
+    data = payload(envelope)
+    word = str(_first(data, _STATUS_FIELDS) or _first(envelope, _STATUS_FIELDS) or "")
+    normal = word.replace(" ", "").replace("_", "").lower()
+    if normal in JOB_DONE:
+        state = "done"
+    elif normal in JOB_FAILED:
+        state = "failed"
+    else:
+        state = "running"
+    message = envelope_message(data) or envelope_message(envelope)
+    return JobStatus(state, word, message, parse_bulk_outcome(envelope))

@@ -27,6 +27,7 @@ from singer_sdk.target_base import Target
 from target_dengage.batcher import ContactBatcher
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, InvalidInputError
+from target_dengage.jobs import AsyncOptions, JobJournal, default_journal_path
 from target_dengage.mapping import validate_column_config
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.rejects import RejectedRecords
@@ -125,7 +126,10 @@ class TargetDengage(Target):
             th.StringType(nullable=False),
             default="sync",
             allowed_values=["sync", "async"],
-            description="`sync`: BulkUpsert, one call a minute. `async` is not available yet.",
+            description=(
+                "`sync`: BulkUpsert, one call a minute. `async`: BulkUpsert-Async, several "
+                "jobs in flight while reading goes on; STATE waits for each job's confirmation."
+            ),
         ),
         th.Property(
             "insert_if_not_exists",
@@ -214,6 +218,39 @@ class TargetDengage(Target):
             description="How long to wait for one API answer.",
         ),
         th.Property(
+            "max_jobs_in_flight",
+            th.IntegerType(nullable=False),
+            default=4,
+            minimum=1,
+            description="async mode: most jobs submitted and not yet confirmed at once.",
+        ),
+        th.Property(
+            "poll_interval_seconds",
+            th.IntegerType(nullable=False),
+            default=5,
+            minimum=0,
+            description=(
+                "async mode: first wait before polling a job's status; polls of a long job "
+                "slow down gently (x1.5 each, up to 60 s)."
+            ),
+        ),
+        th.Property(
+            "job_timeout_seconds",
+            th.IntegerType(nullable=False),
+            default=3600,
+            minimum=1,
+            description="async mode: a job not finished this long after submission fails the run.",
+        ),
+        th.Property(
+            "job_journal_path",
+            th.StringType,
+            description=(
+                "async mode: file listing submitted, unconfirmed jobs, so a rerun after a crash "
+                "waits for them first. Default: beside pacing_state_path's default "
+                "($XDG_CACHE_HOME/target-dengage/jobs.json)."
+            ),
+        ),
+        th.Property(
             "validate_records",
             th.BooleanType(nullable=False),
             default=False,
@@ -239,9 +276,10 @@ class TargetDengage(Target):
             if config.get("rejected_records_path")
             else None
         )
+        account = account_key(config["api_url"], config.get("userkey"), config.get("access_token"))
         memory = PacingMemory(
             Path(config.get("pacing_state_path") or default_pacing_path()).expanduser(),
-            account_key(config["api_url"], config.get("userkey"), config.get("access_token")),
+            account,
             self.logger,
         )
         self.client = DengageClient(
@@ -262,6 +300,17 @@ class TargetDengage(Target):
             stop_on_error=config["stop_on_error"],
             logger=self.logger,
             on_confirmed=self._print_confirmed_state,
+            async_options=AsyncOptions(
+                journal=JobJournal(
+                    Path(config.get("job_journal_path") or default_journal_path()).expanduser(),
+                    account,
+                ),
+                max_in_flight=config["max_jobs_in_flight"],
+                poll_interval=config["poll_interval_seconds"],
+                timeout=config["job_timeout_seconds"],
+            )
+            if config["mode"] == "async"
+            else None,
         )
 
     def _check_config(self) -> None:
@@ -281,11 +330,6 @@ class TargetDengage(Target):
                     "Credentials missing: set userkey and password (the target logs in), or "
                     f"access_token. Not set: {', '.join(missing)}."
                 )
-        if config.get("mode", "sync") == "async":
-            errors.append(
-                "mode: async (BulkUpsert-Async) is not available yet in this version; "
-                "use mode: sync."
-            )
         url = urlsplit(config.get("api_url", ""))
         if url.scheme not in ("https", "http") or not url.hostname:
             errors.append(f"api_url '{config.get('api_url')}' is not an http(s) URL.")
@@ -369,9 +413,11 @@ class TargetDengage(Target):
             self._printed_state = line
 
     def _handle_max_record_age(self) -> None:
-        """Instead of the SDK's drain of everything every 5 minutes (which would send part-
-        full requests of every column set), send only the buckets that keep the newest
-        STATE from being printed, once the oldest held STATE is that old."""
+        """Runs after every record. Polls async jobs that are due. And instead of the SDK's
+        drain of everything every 5 minutes (which would send part-full requests of every
+        column set), sends only the buckets that keep the newest STATE from being printed,
+        once the oldest held STATE is that old."""
+        self.batcher.poll()
         held = self._held_states
         if held and time.monotonic() - held[0][1] > self._MAX_RECORD_AGE_IN_MINUTES * 60:
             self.batcher.flush_through(held[-1][0])
@@ -417,6 +463,19 @@ class TargetDengage(Target):
             self.client.pacer.waited_seconds,
             time.monotonic() - self._started,
         )
+        jobs = self.batcher.jobs
+        if jobs is not None:
+            j = jobs.stats
+            self.logger.info(
+                "Jobs: %d submitted, %d confirmed, %d failed, %d recovered from an earlier run; "
+                "longest %.1f s%s.",
+                j.submitted,
+                j.confirmed,
+                j.failed,
+                j.recovered,
+                j.longest_seconds,
+                f" ({j.longest_job})" if j.longest_job else "",
+            )
 
     # Ending a run ------------------------------------------------------------------------
 

@@ -310,7 +310,7 @@ def test_secrets_never_reach_the_logs(
         ({"password": None}, "Not set: password"),
         ({"userkey": None, "password": None}, "Not set: userkey, password"),
         ({"access_token": "x"}, "not both"),
-        ({"mode": "async"}, "mode: async"),
+        ({"mode": "turbo"}, "turbo"),
         ({"api_url": "http://api.example.com"}, "api_url must use https"),
         ({"batch_size_rows": 1001}, "batch_size_rows"),
         ({"column_mapping": {"x": "email_status_reason"}}, "maintained by D·engage"),

@@ -173,3 +173,6 @@ def test_mask_hides_personal_data() -> None:
 def test_scrub_masks_emails_and_phone_numbers_in_free_text() -> None:
     text = scrub("Invalid email 'Jane.Doe@example.com' and gsm 905351234567 for id 4711")
     assert text == "Invalid email 'J***@example.com' and gsm 90***67 for id 4711"
+    job = "job 6e363e66-9301-4574-9301-457493014574 failed"
+    assert scrub(job) == job
+    assert scrub("call +90 535-123-45-67 now") == "call +9***67 now"
