@@ -21,7 +21,8 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, DengageRequestError
@@ -43,6 +44,7 @@ class Pending:
     record_number: int
     record: Mapping[str, Any]
     seq: int
+    merges: int = 0  # earlier records of the same contact folded into this one
 
     def describe(self) -> str:
         key = self.row.get(CONTACT_KEY)
@@ -50,12 +52,31 @@ class Pending:
         return f"stream '{self.stream}', record {self.record_number}, {named}"
 
 
+class DryRunWriter:
+    """Where a dry run puts the request bodies it would have sent (or just counts them)."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file: IO[bytes] | None = None
+        if path:
+            target = Path(path).expanduser()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = target.open("wb")
+
+    def write(self, body: bytes) -> None:
+        if self._file is not None:
+            self._file.write(body + b"\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 @dataclass(slots=True)
 class _Bucket:
     columns: frozenset[str]
     rows: dict[str, Pending] = field(default_factory=dict)
     min_seq: float = math.inf
-    merged: int = 0
 
 
 @dataclass
@@ -65,6 +86,7 @@ class RunStats:
     records_read: int = 0
     requests: int = 0
     contacts_sent: int = 0
+    confirmed: int = 0
     inserted: int = 0
     updated: int = 0
     rejected_locally: int = 0
@@ -88,6 +110,7 @@ class ContactBatcher:
         logger: logging.Logger,
         on_confirmed: Callable[[], None],
         async_options: AsyncOptions | None = None,
+        dry_run: DryRunWriter | None = None,
     ) -> None:
         self._client = client
         self._rejects = rejects
@@ -96,6 +119,7 @@ class ContactBatcher:
         self._stop_on_error = stop_on_error
         self._logger = logger
         self._on_confirmed = on_confirmed
+        self._dry_run = dry_run
         self._buckets: dict[frozenset[str], _Bucket] = {}
         self._where: dict[str, frozenset[str]] = {}
         #: Lowest sequence number of a rejection that could not be written down anywhere;
@@ -130,7 +154,6 @@ class ContactBatcher:
         key = str(pending.row[CONTACT_KEY])
         columns = frozenset(pending.row)
         previous = self._where.get(key)
-        merged = False
         if previous is not None:
             old_bucket = self._buckets[previous]
             old = old_bucket.rows.pop(key)
@@ -142,16 +165,14 @@ class ContactBatcher:
                 if not old_bucket.rows:
                     del self._buckets[previous]
             pending.seq = min(pending.seq, old.seq)
-            merged = True
+            pending.merges = old.merges + 1
+            self.stats.duplicates_merged += 1
         bucket = self._buckets.get(columns)
         if bucket is None:
             bucket = self._buckets[columns] = _Bucket(columns)
         bucket.rows[key] = pending
         bucket.min_seq = min(bucket.min_seq, pending.seq)
         self._where[key] = columns
-        if merged:
-            bucket.merged += 1
-            self.stats.duplicates_merged += 1
         if len(bucket.rows) >= self._batch_size:
             self._send(bucket)
 
@@ -202,12 +223,11 @@ class ContactBatcher:
         """Deliver a bucket; it leaves the run's books only once D·engage has answered for it."""
         columns = [CONTACT_KEY, *sorted(bucket.columns - {CONTACT_KEY})]
         groups = [list(bucket.rows.values())]
-        merged = bucket.merged
         split_budget = _split_budget(len(groups[0]))
         while groups:
             group = groups.pop(0)
             try:
-                self._deliver(columns, group, merged)
+                self._deliver(columns, group)
             except DengageRequestError as exc:
                 if self._stop_on_error or exc.status != 400:
                     self._report_refusal(exc, group)
@@ -215,7 +235,6 @@ class ContactBatcher:
                 more = self._isolate(exc, group, split_budget)
                 split_budget -= len(more)
                 groups.extend(more)
-            merged = 0
         del self._buckets[bucket.columns]
         for key in bucket.rows:
             del self._where[key]
@@ -256,30 +275,45 @@ class ContactBatcher:
         )
         return [group[:half], group[half:]]
 
-    def _deliver(self, columns: list[str], group: list[Pending], merged: int) -> None:
+    def _deliver(self, columns: list[str], group: list[Pending]) -> None:
         body = bulk_body(
             columns,
             [p.row for p in group],
             insert_if_not_exists=self._insert,
             stop_on_error=self._stop_on_error,
         )
-        if self.jobs is None:
-            self._upsert(columns, group, merged, body)
+        if self._dry_run is not None:
+            self._dry_run.write(body)
+            self.stats.requests += 1
+            self.stats.contacts_sent += len(group)
             return
-        if self._job_failures:
+        if self.jobs is None:
+            self._upsert(columns, group, body)
+            return
+        if self._job_failures or not self.jobs.submit(columns, group, body):
             self.jobs.wait_all()
             self._raise_job_failures()
         self.stats.requests += 1
-        self.jobs.submit(columns, group, merged, body)
         self.stats.contacts_sent += len(group)
 
-    def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
+    def _record_outcome(self, group: list[Pending], outcome: BulkOutcome) -> int:
+        """Book what D·engage did with a confirmed group; return how many it rejected."""
         stats = self.stats
         stats.inserted += len(outcome.inserted)
         stats.updated += len(outcome.updated)
         stats.warnings += len(outcome.warnings)
-        rejected = self._reject_api(outcome.errors, job.group)
-        self._log_warnings(outcome)
+        rejected = self._reject_api(outcome.errors, group)
+        stats.confirmed += len(group) - rejected
+        for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
+            self._logger.warning(
+                "D·engage warning for contact_key '%s': %s",
+                _shown_key(issue.contact_key),
+                scrub(issue.message),
+            )
+        return rejected
+
+    def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
+        rejected = self._record_outcome(job.group, outcome)
         self._logger.info(
             "Job %s confirmed after %.1f s: %d contacts (streams: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings.",
@@ -290,7 +324,7 @@ class ContactBatcher:
             len(outcome.inserted),
             len(outcome.updated),
             rejected,
-            job.merged,
+            _merges(job.group),
             len(outcome.warnings),
         )
         self._on_confirmed()
@@ -314,15 +348,7 @@ class ContactBatcher:
                 + "; ".join(scrub(m) for m in self._job_failures[:ISSUES_LOGGED_PER_REQUEST])
             )
 
-    def _log_warnings(self, outcome: BulkOutcome) -> None:
-        for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
-            self._logger.warning(
-                "D·engage warning for contact_key '%s': %s",
-                _shown_key(issue.contact_key),
-                scrub(issue.message),
-            )
-
-    def _upsert(self, columns: list[str], group: list[Pending], merged: int, body: bytes) -> None:
+    def _upsert(self, columns: list[str], group: list[Pending], body: bytes) -> None:
         started = time.monotonic()
         waited = self._client.pacer.waited_seconds
         try:
@@ -336,11 +362,7 @@ class ContactBatcher:
 
         stats = self.stats
         stats.contacts_sent += len(group)
-        stats.inserted += len(outcome.inserted)
-        stats.updated += len(outcome.updated)
-        stats.warnings += len(outcome.warnings)
-        rejected = self._reject_api(outcome.errors, group)
-        self._log_warnings(outcome)
+        rejected = self._record_outcome(group, outcome)
         self._logger.info(
             "BulkUpsert %d: sent %d contacts (streams: %s; columns: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings, %.0f ms.",
@@ -351,7 +373,7 @@ class ContactBatcher:
             len(outcome.inserted),
             len(outcome.updated),
             rejected,
-            merged,
+            _merges(group),
             len(outcome.warnings),
             elapsed_ms,
         )
@@ -402,6 +424,10 @@ class ContactBatcher:
             return
         self.stats.unaccounted += len(entries)
         self._blocked_seq = min(self._blocked_seq, *seqs)
+
+
+def _merges(group: Sequence[Pending]) -> int:
+    return sum(p.merges for p in group)
 
 
 def _split_budget(size: int) -> int:

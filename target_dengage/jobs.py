@@ -82,7 +82,6 @@ class Job:
     job_id: str
     group: list[Pending]
     columns: list[str]
-    merged: int
     submitted: float
     min_seq: int = field(init=False)
     next_poll: float = 0.0
@@ -132,17 +131,23 @@ class JobTracker:
     def min_seq(self) -> float:
         return min((job.min_seq for job in self._inflight.values()), default=float("inf"))
 
-    def submit(self, columns: list[str], group: list[Pending], merged: int, body: bytes) -> None:
-        """Submit one job, after the jobs it must not overtake and within the in-flight cap."""
+    def submit(self, columns: list[str], group: list[Pending], body: bytes) -> bool:
+        """Submit one job, after the jobs it must not overtake and within the in-flight cap.
+
+        Returns False, submitting nothing, when a job turned out failed while waiting: after a
+        failure no new job starts.
+        """
         self._recover()
         older = {self._by_key[k] for p in group if (k := str(p.row["contact_key"])) in self._by_key}
         while any(job.job_id in self._inflight for job in older):
             self._wait()
         while len(self._inflight) >= self._max:
             self._wait()
+        if self.stats.failed:
+            return False
         job_id = self._client.submit_job(body)
         now = time.monotonic()
-        job = Job(job_id, group, columns, merged, now)
+        job = Job(job_id, group, columns, now)
         job.poll_delay = self._poll_interval
         job.next_poll = now + job.poll_delay
         self._inflight[job_id] = job
@@ -157,6 +162,7 @@ class JobTracker:
             len(group),
             len(self._inflight),
         )
+        return True
 
     def poll_due(self) -> None:
         """Poll the jobs whose time has come; cheap to call after every record."""

@@ -24,14 +24,23 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.singerlib.json import deserialize_json, serialize_json
 from singer_sdk.target_base import Target
 
-from target_dengage.batcher import ContactBatcher
+from target_dengage.batcher import ContactBatcher, DryRunWriter
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, InvalidInputError
 from target_dengage.jobs import AsyncOptions, JobJournal, default_journal_path
 from target_dengage.mapping import validate_column_config
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.rejects import RejectedRecords
+from target_dengage.report import (
+    Pace,
+    ProgressReporter,
+    RunView,
+    plan_text,
+    summary_json,
+    summary_text,
+)
 from target_dengage.sinks import DengageSink
+from target_dengage.statefiles import write_json_atomic
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -251,6 +260,45 @@ class TargetDengage(Target):
             ),
         ),
         th.Property(
+            "dry_run",
+            th.BooleanType(nullable=False),
+            default=False,
+            description=(
+                "Read, map and validate everything and report the plan (contacts, requests, "
+                "least time); call no API, print no STATE."
+            ),
+        ),
+        th.Property(
+            "dry_run_output_path",
+            th.StringType,
+            description="With dry_run: write the exact request bodies that would be sent (JSONL).",
+        ),
+        th.Property(
+            "progress_interval_seconds",
+            th.IntegerType(nullable=False),
+            default=30,
+            minimum=0,
+            description="Seconds between progress lines on stderr (0: none).",
+        ),
+        th.Property(
+            "run_summary_path",
+            th.StringType,
+            description=(
+                "Write a JSON summary of the run here at the end (status, counts by outcome, "
+                "requests, retries, rate-limit waits, duration), for a scheduler to act on."
+            ),
+        ),
+        th.Property(
+            "max_rejected_percent",
+            th.NumberType,
+            minimum=0,
+            maximum=100,
+            description=(
+                "Exit non-zero, after everything valid is delivered, when more than this "
+                "percentage of the records read were rejected. Default: no limit."
+            ),
+        ),
+        th.Property(
             "validate_records",
             th.BooleanType(nullable=False),
             default=False,
@@ -269,6 +317,7 @@ class TargetDengage(Target):
         self._held_states: deque[tuple[int, float, dict[str, t.Any]]] = deque()
         self._printed_state: str | None = None
         self._started = time.monotonic()
+        self._started_wall = time.time()
         self._check_config()
         config = self.config
         self._rejects = (
@@ -292,6 +341,16 @@ class TargetDengage(Target):
             timeout_seconds=config["request_timeout_seconds"],
             logger=self.logger,
         )
+        self._pace = Pace(
+            mode=config["mode"],
+            batch_size=config["batch_size_rows"],
+            interval=config["request_interval_seconds"],
+            max_jobs=config["max_jobs_in_flight"],
+            poll_interval=config["poll_interval_seconds"],
+        )
+        self._dry_run = (
+            DryRunWriter(config.get("dry_run_output_path")) if config["dry_run"] else None
+        )
         self.batcher = ContactBatcher(
             self.client,
             self._rejects,
@@ -309,8 +368,12 @@ class TargetDengage(Target):
                 poll_interval=config["poll_interval_seconds"],
                 timeout=config["job_timeout_seconds"],
             )
-            if config["mode"] == "async"
+            if config["mode"] == "async" and not config["dry_run"]
             else None,
+            dry_run=self._dry_run,
+        )
+        self._progress = ProgressReporter(
+            config["progress_interval_seconds"], self._view, self._pace, self.logger
         )
 
     def _check_config(self) -> None:
@@ -400,6 +463,8 @@ class TargetDengage(Target):
 
     def _print_confirmed_state(self) -> None:
         """Print the newest STATE whose records are all confirmed or written down."""
+        if self._dry_run is not None:
+            return
         watermark = self.batcher.watermark
         ready = None
         while self._held_states and self._held_states[0][0] < watermark:
@@ -425,57 +490,60 @@ class TargetDengage(Target):
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
-        unaccounted = self.batcher.stats.unaccounted
-        if unaccounted:
+        stats = self.batcher.stats
+        if stats.unaccounted:
             raise DengageError(
-                f"{unaccounted} record(s) were rejected and no rejected_records_path is "
+                f"{stats.unaccounted} record(s) were rejected and no rejected_records_path is "
                 "set, so they are only in the log above; the final STATE was not printed. "
                 "Set rejected_records_path to keep them and let the run complete."
             )
+        limit = self.config.get("max_rejected_percent")
+        rejected = stats.rejected_locally + stats.rejected_by_api
+        if limit is not None and stats.records_read and rejected * 100 > limit * stats.records_read:
+            raise DengageError(
+                f"{rejected} of {stats.records_read} records "
+                f"({rejected * 100 / stats.records_read:.1f} %) were rejected, more than "
+                f"max_rejected_percent ({limit:g} %). Everything valid was delivered and the "
+                "rejected records are in the rejected-records file; the run is marked failed "
+                "so that someone looks at them."
+            )
 
-    def close(self) -> None:
-        """Log the summary (also after a failure: it says what did arrive) and let go."""
-        self._log_summary()
+    def _view(self) -> RunView:
+        client = self.client
+        return RunView(
+            stats=self.batcher.stats,
+            jobs=self.batcher.jobs.stats if self.batcher.jobs is not None else None,
+            retries=client.retries,
+            rate_limited=client.rate_limited,
+            rate_limited_seconds=client.rate_limited_seconds,
+            pacing_seconds=client.pacer.waited_seconds,
+            seconds=time.monotonic() - self._started,
+        )
+
+    def close(self, error: str | None) -> None:
+        """Report the run, however it ended (a failed run's summary says what did arrive)."""
+        self._progress.stop()
+        view = self._view()
+        config = self.config
+        rejected_path = str(self._rejects.path) if self._rejects is not None else None
+        if self._dry_run is not None:
+            self._dry_run.close()
+            self.logger.info("%s", plan_text(view, self._pace, config.get("dry_run_output_path")))
+        self.logger.info("%s", summary_text(view, rejected_path))
+        if config.get("run_summary_path"):
+            summary = summary_json(
+                view,
+                mode=config["mode"],
+                dry_run=self._dry_run is not None,
+                started_at=self._started_wall,
+                error=error,
+                rejected_path=rejected_path,
+                last_state=json.loads(self._printed_state) if self._printed_state else None,
+            )
+            write_json_atomic(Path(config["run_summary_path"]).expanduser(), summary)
         self.client.close()
         if self._rejects is not None:
             self._rejects.close()
-
-    def _log_summary(self) -> None:
-        s = self.batcher.stats
-        self.logger.info(
-            "Run summary: %d records read; %d contacts sent in %d requests (%d inserted, "
-            "%d updated); %d rejected locally, %d rejected by D·engage%s; %d duplicates "
-            "merged; %d warnings; %d retries; rate-limited (429) %d times for %.0f s; %.0f s "
-            "pacing waits; %.1f s in all.",
-            s.records_read,
-            s.contacts_sent,
-            s.requests,
-            s.inserted,
-            s.updated,
-            s.rejected_locally,
-            s.rejected_by_api,
-            f" (in {self._rejects.path})" if self._rejects and self._rejects.count else "",
-            s.duplicates_merged,
-            s.warnings,
-            self.client.retries,
-            self.client.rate_limited,
-            self.client.rate_limited_seconds,
-            self.client.pacer.waited_seconds,
-            time.monotonic() - self._started,
-        )
-        jobs = self.batcher.jobs
-        if jobs is not None:
-            j = jobs.stats
-            self.logger.info(
-                "Jobs: %d submitted, %d confirmed, %d failed, %d recovered from an earlier run; "
-                "longest %.1f s%s.",
-                j.submitted,
-                j.confirmed,
-                j.failed,
-                j.recovered,
-                j.longest_seconds,
-                f" ({j.longest_job})" if j.longest_job else "",
-            )
 
     # Ending a run ------------------------------------------------------------------------
 
@@ -505,22 +573,35 @@ class TargetDengage(Target):
         cls.print_version(print_fn=cls.logger.info)
         config = config or _ConfigInput()
         target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+        target._progress.start()
         try:
             target.listen(file_input)
         except UnicodeDecodeError:
             line = t.cast("LineNumberedReader", target.message_reader).line_number
-            cls.logger.error("Input after line %d is not valid UTF-8 text.", line)
-            sys.exit(1)
+            message = f"Input after line {line} is not valid UTF-8 text."
         except (
             DengageError,
             InvalidInputLine,
             RecordsWithoutSchemaException,
             StreamMapConfigError,
         ) as exc:
-            cls.logger.error("%s", exc)
-            sys.exit(1)
-        finally:
-            target.close()
+            message = str(exc)
+        except BaseException as exc:
+            target.close(error=_ending(exc))
+            raise
+        else:
+            target.close(error=None)
+            return
+        cls.logger.error("%s", message)
+        target.close(error=message)
+        sys.exit(1)
+
+
+def _ending(exc: BaseException) -> str:
+    """How an unexpected end reads in the run summary."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return f"stopped by signal {exc.code - 128}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Run:
     stdout: str
     stderr: str
     stdout_times: list[float] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def states(self) -> list[Any]:
@@ -77,6 +78,7 @@ def base_config(emulator: DengageEmulator, tmp_path: Path) -> dict[str, Any]:
         "request_interval_seconds": 0,
         "max_retries": 3,
         "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+        "run_summary_path": str(tmp_path / "summary.json"),
     }
 
 
@@ -159,7 +161,11 @@ def run_target(
             proc.kill()
             for reader in readers:
                 reader.join()
-    run = Run(proc.returncode, "".join(lines), "".join(errors), times)
+    summary_path = Path(config.get("run_summary_path") or tmp_path / "no-summary.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary_path.exists():
+        summary_path.unlink()  # the next run writes its own
+    run = Run(proc.returncode, "".join(lines), "".join(errors), times, summary)
     assert_clean_log(run.stderr, config)
     return run
 

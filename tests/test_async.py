@@ -70,7 +70,8 @@ def test_jobs_overlap_and_all_contacts_arrive(
     assert emulator.bulk_calls() == []  # no sync call
     assert run.states[-1] == {"position": 10_000}
     _assert_states_follow_jobs(run, emulator)
-    assert "Jobs: 10 submitted, 10 confirmed, 0 failed" in run.stderr
+    assert run.summary["jobs"]["submitted"] == run.summary["jobs"]["confirmed"] == 10
+    assert run.summary["jobs"]["failed"] == 0
     assert "confirmed after 1." in run.stderr
 
 
@@ -105,7 +106,10 @@ def test_a_failed_job_stops_state_and_fails_the_run_after_the_others_resolve(
     assert f"job {jobs[1]['id']} failed ('Failed'): Database unavailable" in run.stderr
     for job in jobs[2:]:
         assert f"Job {job['id']} confirmed" in run.stderr
-    assert f"Jobs: {len(jobs)} submitted, {len(jobs) - 1} confirmed, 1 failed" in run.stderr
+    assert run.summary["status"] == "failed"
+    assert run.summary["jobs"]["submitted"] == len(jobs)
+    assert run.summary["jobs"]["confirmed"] == len(jobs) - 1
+    assert run.summary["jobs"]["failed"] == 1
 
 
 def test_a_job_that_never_finishes_times_out_naming_it(

@@ -32,7 +32,11 @@ def test_2500_contacts_arrive_in_three_full_requests(
     assert row["birth_date"] == "1917-08-17"
     assert row["name"] == "Name7"
     assert run.states == [final]
-    assert "Run summary: 2500 records read; 2500 contacts sent in 3 requests" in run.stderr
+    assert run.summary["records_read"] == 2500
+    assert run.summary["contacts"]["confirmed"] == 2500
+    assert run.summary["requests"] == 3
+    assert run.summary["status"] == "succeeded"
+    assert run.summary["last_state_printed"] == final
 
 
 def test_state_is_printed_only_after_its_records_are_confirmed(
@@ -181,7 +185,8 @@ def test_duplicates_are_merged_last_wins(
     assert stored["d1"]["name"] == "First"
     assert stored["d1"]["gsm"] == "905351111111"
     assert sum(c["count"] for c in emulator.bulk_calls()) == 2
-    assert "2 duplicates merged" in run.stderr
+    assert "2 duplicates merged" in run.stderr  # the request's log line
+    assert run.summary["contacts"]["duplicates_merged"] == 2
 
 
 def test_contact_key_from_the_single_key_property_and_custom_columns(

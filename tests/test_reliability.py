@@ -70,7 +70,8 @@ def test_429_storm_waits_and_finishes(
     waited = re.search(r"Rate-limited by D·engage for ([0-9.]+) s", run.stderr)
     assert waited is not None
     assert float(waited.group(1)) >= 19
-    assert "rate-limited (429) 20 times" in run.stderr
+    assert run.summary["rate_limited"]["count"] == 20
+    assert run.summary["rate_limited"]["seconds"] >= 19
     assert run.states == [{"position": 1500}]
 
 
