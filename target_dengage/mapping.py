@@ -149,6 +149,8 @@ def coerce_boolean(value: object) -> bool:
     """Booleans as warehouses spell them: true/false, 1/0, yes/no."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise InvalidValueError("must be true/false, 1/0 or yes/no")
     if isinstance(value, int | Decimal | float) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from target_dengage.emulator import DengageEmulator
+
+# In CI the property tests are reproducible (same examples every run); locally they explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 USERKEY = "test-user"
 PASSWORD = "s3cret-Pa55word!"

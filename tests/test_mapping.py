@@ -88,6 +88,8 @@ def test_values_are_normalised(column: str, value: object, expected: object) -> 
         ("email_permission", "maybe", "true/false"),
         ("contact_key", {"a": 1}, "not an object"),
         ("email_permission", 2, "true/false"),
+        ("email_permission", Decimal("sNaN"), "true/false"),
+        ("gsm", Decimal("sNaN"), "phone number"),
         ("gsm_status", "X", "must be A or P"),
         ("birth_date", "03/02/1990", "not a date"),
         ("birth_date", "1990-02-30", "not a date"),
