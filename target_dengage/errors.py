@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from singer_sdk.exceptions import MissingKeyPropertiesError
+
 if TYPE_CHECKING:
     from target_dengage.protocol import ItemIssue
 
@@ -40,3 +42,8 @@ class DengageUnavailableError(DengageError):
 
 class InvalidInputError(DengageError):
     """A Singer message or record that cannot be loaded as it is."""
+
+
+class MissingContactKeyError(InvalidInputError, MissingKeyPropertiesError):
+    """A record without a contact key: ours, and also the SDK's missing-key error, so code
+    that handles that one (the SDK's standard tests among it) recognises this one."""

@@ -11,31 +11,28 @@ import datetime as dt
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from singer_sdk.singerlib.json import serialize_json
 
 
 class RejectedRecords:
-    """Appends JSON lines to ``rejected_records_path``; opened on the first rejection."""
+    """Appends JSON lines to ``rejected_records_path``.
+
+    The file is opened for each write and closed again: rejections are rare next to the
+    records that load, and no handle is left open however the run ends.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path).expanduser()
-        self._file: IO[str] | None = None
         self.count = 0
 
     def write(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        for entry in entries:
-            self._file.write(serialize_json({"rejected_at": now, **entry}) + "\n")
-            self.count += 1
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        lines = [serialize_json({"rejected_at": now, **entry}) + "\n" for entry in entries]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.count += len(lines)

@@ -8,8 +8,8 @@ from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
 
 from target_dengage.batcher import Pending
-from target_dengage.errors import InvalidInputError
-from target_dengage.mapping import StreamConfigError, build_row, plan_stream
+from target_dengage.errors import InvalidInputError, MissingContactKeyError
+from target_dengage.mapping import CONTACT_KEY, StreamConfigError, build_row, plan_stream
 
 if t.TYPE_CHECKING:
     from target_dengage.target import TargetDengage
@@ -117,7 +117,12 @@ class DengageSink(BatchSink):
         stop = self._dengage.config["stop_on_error"]
         message = batcher.reject_locally(pending, problems, fatal=stop)
         if stop:
-            raise InvalidInputError(
+            error = (
+                MissingContactKeyError
+                if problems[0].column == CONTACT_KEY and CONTACT_KEY not in row
+                else InvalidInputError
+            )
+            raise error(
                 f"{message}. Nothing of its batch was sent. Fix the record, or set "
                 "stop_on_error: false (with rejected_records_path) to set invalid records "
                 "aside and load the rest."

@@ -489,7 +489,10 @@ class TargetDengage(Target):
             self._print_confirmed_state()
 
     def process_endofpipe(self) -> None:
-        super().process_endofpipe()
+        try:
+            super().process_endofpipe()
+        finally:
+            self.client.close()  # no more calls after the end of input
         stats = self.batcher.stats
         if stats.unaccounted:
             raise DengageError(
@@ -542,8 +545,6 @@ class TargetDengage(Target):
             )
             write_json_atomic(Path(config["run_summary_path"]).expanduser(), summary)
         self.client.close()
-        if self._rejects is not None:
-            self._rejects.close()
 
     # Ending a run ------------------------------------------------------------------------
 
