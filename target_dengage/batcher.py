@@ -27,7 +27,8 @@ from typing import IO, Any
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, DengageRequestError
 from target_dengage.jobs import AsyncOptions, Job, JobTracker
-from target_dengage.mapping import CONTACT_KEY, FieldProblem, Value, mask, scrub
+from target_dengage.ledger import Ledger, payload_hash
+from target_dengage.mapping import CONTACT_KEY, NEW_CONTACT_KEY, FieldProblem, Value, mask, scrub
 from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
 
@@ -45,6 +46,7 @@ class Pending:
     record: Mapping[str, Any]
     seq: int
     merges: int = 0  # earlier records of the same contact folded into this one
+    digest: str | None = None  # the row's ledger hash, once computed
 
     def describe(self) -> str:
         key = self.row.get(CONTACT_KEY)
@@ -92,6 +94,7 @@ class RunStats:
     rejected_locally: int = 0
     rejected_by_api: int = 0
     duplicates_merged: int = 0
+    unchanged: int = 0
     warnings: int = 0
     unaccounted: int = 0
 
@@ -111,6 +114,8 @@ class ContactBatcher:
         on_confirmed: Callable[[], None],
         async_options: AsyncOptions | None = None,
         dry_run: DryRunWriter | None = None,
+        ledger: Ledger | None = None,
+        ledger_max_age_days: int | None = None,
     ) -> None:
         self._client = client
         self._rejects = rejects
@@ -120,6 +125,12 @@ class ContactBatcher:
         self._logger = logger
         self._on_confirmed = on_confirmed
         self._dry_run = dry_run
+        self._ledger = ledger
+        self._ledger_max_age = (
+            None if ledger_max_age_days is None else ledger_max_age_days * 86400.0
+        )
+        #: Valid records waiting for one batched ledger lookup (change detection only).
+        self._lookups: list[Pending] = []
         self._buckets: dict[frozenset[str], _Bucket] = {}
         self._where: dict[str, frozenset[str]] = {}
         #: Lowest sequence number of a rejection that could not be written down anywhere;
@@ -142,15 +153,54 @@ class ContactBatcher:
     @property
     def watermark(self) -> float:
         """Lowest sequence number not yet confirmed (``inf`` when everything is)."""
-        lowest = (
-            self._blocked_seq if self.jobs is None else min(self._blocked_seq, self.jobs.min_seq)
-        )
+        lowest = self._blocked_seq
+        if self.jobs is not None:
+            lowest = min(lowest, self.jobs.min_seq)
+        if self._lookups:
+            lowest = min(lowest, self._lookups[0].seq)
         for bucket in self._buckets.values():
             lowest = min(lowest, bucket.min_seq)
         return lowest
 
     def add(self, pending: Pending) -> None:
-        """Queue a valid contact; send its bucket as soon as it is full."""
+        """Take a valid contact: through the ledger check when change detection is on."""
+        if self._ledger is None:
+            self._queue(pending)
+            return
+        self._lookups.append(pending)
+        if len(self._lookups) >= self._batch_size:
+            self._resolve_lookups()
+
+    def _resolve_lookups(self) -> None:
+        """One ledger query for the waiting records; the unchanged ones are done."""
+        assert self._ledger is not None
+        pendings, self._lookups = self._lookups, []
+        if not pendings:
+            return
+        known = self._ledger.lookup([str(p.row[CONTACT_KEY]) for p in pendings])
+        oldest = None if self._ledger_max_age is None else time.time() - self._ledger_max_age
+        seen: set[str] = set()
+        for pending in pendings:
+            key = str(pending.row[CONTACT_KEY])
+            pending.digest = payload_hash(pending.row)
+            entry = known.get(key)
+            # A contact that is already on its way (or came twice in this lookup) is always
+            # sent: skipping its later version would let the earlier one land last.
+            if (
+                entry is not None
+                and entry[0] == pending.digest
+                and (oldest is None or entry[1] > oldest)
+                and key not in seen
+                and key not in self._where
+                and (self.jobs is None or not self.jobs.carries(key))
+            ):
+                self.stats.unchanged += 1
+            else:
+                self._queue(pending)
+            seen.add(key)
+
+    def _queue(self, pending: Pending) -> None:
+        """Queue a contact to send; send its bucket as soon as it is full."""
         key = str(pending.row[CONTACT_KEY])
         columns = frozenset(pending.row)
         previous = self._where.get(key)
@@ -161,6 +211,7 @@ class ContactBatcher:
                 # Same result as sending both in order: the later values win, and the
                 # columns only the earlier record had keep its values.
                 pending.row = {**old.row, **pending.row}
+                pending.digest = None
                 columns = frozenset(pending.row)
                 if not old_bucket.rows:
                     del self._buckets[previous]
@@ -202,6 +253,8 @@ class ContactBatcher:
 
     def flush_all(self) -> None:
         """Send everything buffered and, in async mode, wait until every job is resolved."""
+        if self._ledger is not None:
+            self._resolve_lookups()
         for bucket in list(self._buckets.values()):
             self._send(bucket)
         if self.jobs is not None:
@@ -215,6 +268,8 @@ class ContactBatcher:
 
     def flush_through(self, seq: int) -> None:
         """Send the buckets that hold back a STATE received after record ``seq``."""
+        if self._ledger is not None:
+            self._resolve_lookups()
         for bucket in list(self._buckets.values()):
             if bucket.min_seq <= seq:
                 self._send(bucket)
@@ -304,6 +359,8 @@ class ContactBatcher:
         stats.warnings += len(outcome.warnings)
         rejected = self._reject_api(outcome.errors, group)
         stats.confirmed += len(group) - rejected
+        if self._ledger is not None:
+            self._remember(group, outcome)
         for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
             self._logger.warning(
                 "D·engage warning for contact_key '%s': %s",
@@ -311,6 +368,26 @@ class ContactBatcher:
                 scrub(issue.message),
             )
         return rejected
+
+    def _remember(self, group: list[Pending], outcome: BulkOutcome) -> None:
+        """Record what D·engage confirmed, before the STATE that covers it can be printed.
+        Rejected contacts, and those it warned about, are left out: they go again next run."""
+        assert self._ledger is not None
+        skip = {i.contact_key for i in (*outcome.errors, *outcome.warnings)}
+        entries: dict[str, str] = {}
+        renamed: list[str] = []
+        for pending in group:
+            key = str(pending.row[CONTACT_KEY])
+            if key in skip:
+                continue
+            digest = pending.digest or payload_hash(pending.row)
+            new_key = pending.row.get(NEW_CONTACT_KEY)
+            if new_key is None:
+                entries[key] = digest
+            else:
+                renamed.append(key)
+                entries[str(new_key)] = digest
+        self._ledger.record(entries, renamed)
 
     def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
         rejected = self._record_outcome(job.group, outcome)

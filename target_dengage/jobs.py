@@ -127,6 +127,10 @@ class JobTracker:
         self._recovered = False
         self.stats = JobStats()
 
+    def carries(self, contact_key: str) -> bool:
+        """Whether an unconfirmed job holds this contact."""
+        return contact_key in self._by_key
+
     @property
     def min_seq(self) -> float:
         return min((job.min_seq for job in self._inflight.values()), default=float("inf"))

@@ -49,7 +49,8 @@ class RunView:
     def buffered(self) -> int:
         """Read and valid, not yet confirmed (waiting in a batch, a request or a job)."""
         s = self.stats
-        return max(0, s.records_read - s.duplicates_merged - self.rejected - s.confirmed)
+        done = s.duplicates_merged + self.rejected + s.confirmed + s.unchanged
+        return max(0, s.records_read - done)
 
 
 def least_seconds(requests: int, pace: Pace) -> float:
@@ -113,7 +114,8 @@ def progress_line(view: RunView, pace: Pace) -> str:
         )
     return (
         f"Progress: {s.records_read} read, {s.contacts_sent} sent, {s.confirmed} confirmed, "
-        f"{view.rejected} rejected; {per_minute:.0f} contacts/min; {buffered} buffered"
+        f"{view.rejected} rejected, {s.unchanged} unchanged; {per_minute:.0f} contacts/min; "
+        f"{buffered} buffered"
         + (f", ETA {_duration(eta)}" if eta is not None and buffered else "")
         + "."
     )
@@ -129,6 +131,7 @@ def plan_text(view: RunView, pace: Pace, output_path: str | None) -> str:
         f"  valid ................ {valid}",
         f"  invalid .............. {s.rejected_locally}",
         f"  duplicates merged .... {s.duplicates_merged}",
+        f"  unchanged (ledger) ... {s.unchanged}",
         f"  to send .............. {s.contacts_sent}",
         f"  requests needed ...... {s.requests}"
         + (" jobs" if pace.mode == "async" else " sync BulkUpsert calls"),
@@ -157,6 +160,7 @@ def summary_text(view: RunView, rejected_path: str | None) -> str:
             + (f" → {rejected_path}" if view.rejected and rejected_path else ""),
         ),
         ("duplicates merged", f"{s.duplicates_merged}"),
+        ("unchanged (ledger)", f"{s.unchanged}"),
         ("warnings", f"{s.warnings}"),
         ("retries", f"{view.retries}"),
         ("rate-limited (429)", f"{view.rate_limited} times, {view.rate_limited_seconds:.0f} s"),
@@ -209,6 +213,7 @@ def summary_json(
             "rejected_locally": s.rejected_locally,
             "rejected_by_api": s.rejected_by_api,
             "duplicates_merged": s.duplicates_merged,
+            "unchanged": s.unchanged,
             "unconfirmed": view.buffered,
         },
         "warnings": s.warnings,

@@ -28,6 +28,7 @@ from target_dengage.batcher import ContactBatcher, DryRunWriter
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, InvalidInputError
 from target_dengage.jobs import AsyncOptions, JobJournal, default_journal_path
+from target_dengage.ledger import Ledger, default_ledger_url
 from target_dengage.mapping import validate_column_config
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.rejects import RejectedRecords
@@ -260,6 +261,34 @@ class TargetDengage(Target):
             ),
         ),
         th.Property(
+            "change_detection",
+            th.BooleanType(nullable=False),
+            default=False,
+            description=(
+                "Send only contacts whose mapped payload changed since D·engage last "
+                "confirmed it, as recorded in the ledger (ledger_url)."
+            ),
+        ),
+        th.Property(
+            "ledger_url",
+            th.StringType,
+            description=(
+                "SQLAlchemy URL of the change-detection ledger. Default: a SQLite file per "
+                "API URL + user under $XDG_DATA_HOME/target-dengage (~/.local/share/...). "
+                "Point it at a shared database (e.g. postgresql+psycopg2://...) when runs "
+                "move between machines."
+            ),
+        ),
+        th.Property(
+            "ledger_max_age_days",
+            th.IntegerType,
+            minimum=0,
+            description=(
+                "Send a contact again, even unchanged, when D·engage last confirmed it longer "
+                "ago than this (heals edits made inside D·engage). Default: never."
+            ),
+        ),
+        th.Property(
             "dry_run",
             th.BooleanType(nullable=False),
             default=False,
@@ -351,6 +380,11 @@ class TargetDengage(Target):
         self._dry_run = (
             DryRunWriter(config.get("dry_run_output_path")) if config["dry_run"] else None
         )
+        self._ledger = (
+            Ledger(config.get("ledger_url") or default_ledger_url(account), account)
+            if config["change_detection"]
+            else None
+        )
         self.batcher = ContactBatcher(
             self.client,
             self._rejects,
@@ -371,6 +405,8 @@ class TargetDengage(Target):
             if config["mode"] == "async" and not config["dry_run"]
             else None,
             dry_run=self._dry_run,
+            ledger=self._ledger,
+            ledger_max_age_days=config.get("ledger_max_age_days"),
         )
         self._progress = ProgressReporter(
             config["progress_interval_seconds"], self._view, self._pace, self.logger
@@ -493,6 +529,8 @@ class TargetDengage(Target):
             super().process_endofpipe()
         finally:
             self.client.close()  # no more calls after the end of input
+            if self._ledger is not None:
+                self._ledger.close()
         stats = self.batcher.stats
         if stats.unaccounted:
             raise DengageError(
@@ -545,6 +583,8 @@ class TargetDengage(Target):
             )
             write_json_atomic(Path(config["run_summary_path"]).expanduser(), summary)
         self.client.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     # Ending a run ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from pgserver import Server, find_bin, postgres_server
 
 from target_dengage.emulator import DengageEmulator
 
@@ -60,6 +61,22 @@ class Run:
     @property
     def states(self) -> list[Any]:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def unavailable(what: str) -> None:
+    """Locally a missing tool skips its tests; in CI (where .ci/run installs it) it fails."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not installed; .ci/run (scripts/test.sh) installs it")
+    pytest.skip(f"{what} is not installed; run the tests with bash scripts/test.sh")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Server]:
+    """One throwaway PostgreSQL server for the session (loopback only)."""
+    if find_bin("initdb") is None:
+        unavailable("PostgreSQL")
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NETWORK_GUARD, PASSWORD, USERKEY, assert_clean_log
-from pgserver import Server, find_bin, postgres_server
+from conftest import NETWORK_GUARD, PASSWORD, USERKEY, assert_clean_log, unavailable
+from pgserver import Server
 
 from target_dengage.emulator import DengageEmulator
 
@@ -44,32 +43,17 @@ def _meltano_bin() -> str | None:
     return next((c for c in candidates if c and Path(c).exists()), None)
 
 
-def _unavailable(what: str) -> None:
-    """Locally a missing tool skips; in CI (where .ci/run installs it) it fails."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is not installed; .ci/run (scripts/test.sh) installs it")
-    pytest.skip(f"{what} is not installed; run the tests with bash scripts/test.sh")
-
-
 @pytest.fixture(scope="session")
 def meltano() -> str:
     found = _meltano_bin()
     if found is None:
-        _unavailable("Meltano")
+        unavailable("Meltano")
     assert found is not None
     env = {**os.environ, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false"}
     subprocess.run(
         [found, "install"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=1800
     )
     return found
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Server]:
-    if find_bin("initdb") is None:
-        _unavailable("PostgreSQL")
-    with postgres_server() as server:
-        yield server
 
 
 def _meltano(

@@ -1,0 +1,174 @@
+"""The change-detection ledger: what D·engage confirmed for each contact, and when.
+
+A nightly full-table sync re-reads every row, and most have not changed; with one sync call a
+minute, re-sending them costs hours. The ledger keeps, per account and contact key, a stable
+hash of the mapped, normalized payload that D·engage confirmed. A record whose hash matches is
+skipped. It is written only for confirmed contacts, one transaction per confirmed request, so
+a crash never marks an unconfirmed contact as sent.
+
+SQLAlchemy talks to it: a SQLite file by default, or any database a team shares between
+machines (``ledger_url``, e.g. ``postgresql+psycopg2://...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from target_dengage.mapping import CONTACT_KEY, NEW_CONTACT_KEY, Value
+
+TABLE = "dengage_contact_ledger"
+#: Keys per lookup query: far below every database's limit on bound parameters.
+LOOKUP_CHUNK = 500
+
+_metadata = sa.MetaData()
+_ledger = sa.Table(
+    TABLE,
+    _metadata,
+    sa.Column("account", sa.String(512), primary_key=True),
+    sa.Column("contact_key", sa.String(255), primary_key=True),
+    sa.Column("payload_hash", sa.String(32), nullable=False),
+    sa.Column("confirmed_at", sa.Float, nullable=False),
+)
+
+
+def default_ledger_url(account: str) -> str:
+    """A SQLite file per account (API URL + user) under the user's data directory."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    name = hashlib.sha256(account.encode()).hexdigest()[:16]
+    return f"sqlite:///{Path(data) / 'target-dengage' / f'ledger-{name}.sqlite'}"
+
+
+def payload_hash(row: Mapping[str, Value]) -> str:
+    """A stable hash of what a contact's row says, apart from which contact it is (so a
+    renamed contact's entry still matches its payload)."""
+    content = {k: v for k, v in row.items() if k != CONTACT_KEY and k != NEW_CONTACT_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class Ledger:
+    """One account's view of the ledger table."""
+
+    def __init__(self, url: str, account: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        self.url = url
+        self.account = account
+        self._engine = sa.create_engine(url, future=True)
+        _metadata.create_all(self._engine, checkfirst=True)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """``contact_key → (payload_hash, confirmed_at)`` for the keys the ledger knows."""
+        found: dict[str, tuple[str, float]] = {}
+        with self._engine.connect() as connection:
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                chunk = list(set(keys[start : start + LOOKUP_CHUNK]))
+                query = sa.select(
+                    _ledger.c.contact_key, _ledger.c.payload_hash, _ledger.c.confirmed_at
+                ).where(_ledger.c.account == self.account, _ledger.c.contact_key.in_(chunk))
+                for key, digest, confirmed_at in connection.execute(query):
+                    found[key] = (digest, confirmed_at)
+        return found
+
+    def record(self, entries: Mapping[str, str], renamed: Iterable[str] = ()) -> None:
+        """Write confirmed payloads (and drop renamed-away keys) in one transaction."""
+        now = time.time()
+        gone = [*entries, *renamed]
+        with self._engine.begin() as connection:
+            for start in range(0, len(gone), LOOKUP_CHUNK):
+                connection.execute(
+                    _ledger.delete().where(
+                        _ledger.c.account == self.account,
+                        _ledger.c.contact_key.in_(gone[start : start + LOOKUP_CHUNK]),
+                    )
+                )
+            if entries:
+                connection.execute(
+                    _ledger.insert(),
+                    [
+                        {
+                            "account": self.account,
+                            "contact_key": key,
+                            "payload_hash": digest,
+                            "confirmed_at": now,
+                        }
+                        for key, digest in entries.items()
+                    ],
+                )
+
+
+def _accounts(engine: sa.Engine) -> Iterator[tuple[str, int, float]]:
+    query = sa.select(
+        _ledger.c.account, sa.func.count(), sa.func.max(_ledger.c.confirmed_at)
+    ).group_by(_ledger.c.account)
+    with engine.connect() as connection:
+        yield from connection.execute(query).tuples()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``target-dengage-ledger``: see how big the ledger is, or reset it."""
+    parser = argparse.ArgumentParser(
+        prog="target-dengage-ledger",
+        description="Inspect or reset target-dengage's change-detection ledger.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the target's config file (uses its ledger_url)")
+    where.add_argument("--ledger-url", help="a SQLAlchemy URL of a ledger")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="contacts recorded per account, and the newest entry")
+    reset = commands.add_parser("reset", help="forget recorded contacts: the next run sends all")
+    scope = reset.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every account")
+    scope.add_argument("--account", help="one account (as `info` lists it)")
+    args = parser.parse_args(argv)
+
+    url = args.ledger_url
+    if url is None:
+        from target_dengage.pacing import account_key
+
+        config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        account = account_key(
+            config.get("api_url", "https://api.dengage.com"),
+            config.get("userkey"),
+            config.get("access_token"),
+        )
+        url = config.get("ledger_url") or default_ledger_url(account)
+    engine = sa.create_engine(url, future=True)
+    try:
+        _metadata.create_all(engine, checkfirst=True)
+        if args.command == "info":
+            rows = list(_accounts(engine))
+            print(f"ledger: {engine.url.render_as_string(hide_password=True)}")
+            if not rows:
+                print("  (empty)")
+            for account, count, newest in rows:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest))
+                print(f"  {account}: {count} contacts, newest confirmed {stamp} UTC")
+            return 0
+        with engine.begin() as connection:
+            statement = _ledger.delete()
+            if not args.all:
+                statement = statement.where(_ledger.c.account == args.account)
+            removed = connection.execute(statement).rowcount
+        print(f"removed {removed} entries", file=sys.stderr)
+        return 0
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
