@@ -22,15 +22,25 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, DengageRequestError
 from target_dengage.jobs import AsyncOptions, Job, JobTracker
-from target_dengage.ledger import Ledger, payload_hash
-from target_dengage.mapping import CONTACT_KEY, NEW_CONTACT_KEY, FieldProblem, Value, mask, scrub
+from target_dengage.mapping import (
+    CONTACT_KEY,
+    NEW_CONTACT_KEY,
+    FieldProblem,
+    Value,
+    mask,
+    payload_hash,
+    scrub,
+)
 from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
+
+if TYPE_CHECKING:
+    from target_dengage.ledger import Ledger
 
 #: How many individual API errors or warnings are spelled out in the log per request.
 ISSUES_LOGGED_PER_REQUEST = 5
@@ -76,7 +86,7 @@ class DryRunWriter:
 
 @dataclass(slots=True)
 class _Bucket:
-    columns: frozenset[str]
+    columns: tuple[str, ...]
     rows: dict[str, Pending] = field(default_factory=dict)
     min_seq: float = math.inf
 
@@ -131,8 +141,9 @@ class ContactBatcher:
         )
         #: Valid records waiting for one batched ledger lookup (change detection only).
         self._lookups: list[Pending] = []
-        self._buckets: dict[frozenset[str], _Bucket] = {}
-        self._where: dict[str, frozenset[str]] = {}
+        self._buckets: dict[tuple[str, ...], _Bucket] = {}
+        self._where: dict[str, tuple[str, ...]] = {}
+        self._column_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         #: Lowest sequence number of a rejection that could not be written down anywhere;
         #: no STATE past it is ever printed.
         self._blocked_seq: float = math.inf
@@ -202,7 +213,7 @@ class ContactBatcher:
     def _queue(self, pending: Pending) -> None:
         """Queue a contact to send; send its bucket as soon as it is full."""
         key = str(pending.row[CONTACT_KEY])
-        columns = frozenset(pending.row)
+        columns = self._column_set(pending.row)
         previous = self._where.get(key)
         if previous is not None:
             old_bucket = self._buckets[previous]
@@ -212,7 +223,7 @@ class ContactBatcher:
                 # columns only the earlier record had keep its values.
                 pending.row = {**old.row, **pending.row}
                 pending.digest = None
-                columns = frozenset(pending.row)
+                columns = self._column_set(pending.row)
                 if not old_bucket.rows:
                     del self._buckets[previous]
             pending.seq = min(pending.seq, old.seq)
@@ -226,6 +237,15 @@ class ContactBatcher:
         self._where[key] = columns
         if len(bucket.rows) >= self._batch_size:
             self._send(bucket)
+
+    def _column_set(self, row: Mapping[str, Value]) -> tuple[str, ...]:
+        """The row's columns, sorted: a bucket key that is the same whatever the order of
+        the record's properties. A cache makes it one tuple and one lookup per record."""
+        order = tuple(row)
+        columns = self._column_sets.get(order)
+        if columns is None:
+            columns = self._column_sets[order] = tuple(sorted(order))
+        return columns
 
     def reject_locally(
         self, pending: Pending, problems: Sequence[FieldProblem], *, fatal: bool
@@ -276,7 +296,7 @@ class ContactBatcher:
 
     def _send(self, bucket: _Bucket) -> None:
         """Deliver a bucket; it leaves the run's books only once D·engage has answered for it."""
-        columns = [CONTACT_KEY, *sorted(bucket.columns - {CONTACT_KEY})]
+        columns = [CONTACT_KEY, *(c for c in bucket.columns if c != CONTACT_KEY)]
         groups = [list(bucket.rows.values())]
         split_budget = _split_budget(len(groups[0]))
         while groups:

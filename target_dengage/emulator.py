@@ -333,13 +333,22 @@ def _merge(row: dict[str, Any], values: dict[str, Any]) -> None:
 
 def _apply(
     contacts: dict[str, dict[str, Any]], batch: _Batch, record_errors: list[dict[str, Any]]
-) -> tuple[dict[str, dict[str, Any]], _Outcome]:
-    """Apply a validated batch to a copy of the store, so a failing stopOnError call is a no-op.
+) -> tuple[dict[str, dict[str, Any] | None], _Outcome]:
+    """Work out a validated batch's changes without touching the store, so a failing
+    stopOnError call is a no-op; returns ``key → new row`` (``None``: the key is gone).
 
-    Only the last record of each contact_key is processed; invalid records are skipped (they are
-    already listed in ``record_errors``).
+    Rows are copied when first touched, so the cost follows the batch, not the store.
+    Only the last record of each contact_key is processed; invalid records are skipped (they
+    are already listed in ``record_errors``).
     """
-    store = {key: dict(row) for key, row in contacts.items()}
+    changes: dict[str, dict[str, Any] | None] = {}
+
+    def current(key: str) -> dict[str, Any] | None:
+        if key in changes:
+            return changes[key]
+        row = contacts.get(key)
+        return None if row is None else dict(row)
+
     outcome = _Outcome(errors=list(record_errors))
     invalid = {error["index"] for error in record_errors}
     keys = [row["contact_key"] for row in batch.rows]
@@ -347,23 +356,22 @@ def _apply(
     for index in sorted(set(last.values()) - invalid):
         row = batch.rows[index]
         key = sent_key = row["contact_key"]
-        stored = store.get(key)
+        stored = current(key)
         if "new_contact_key" in row:
             new_key = row["new_contact_key"]
-            if stored is None or (new_key != key and new_key in store):
+            if stored is None or (new_key != key and current(new_key) is not None):
                 message = "Contact not found" if stored is None else "Key already in use"
                 item = {"contact_key": key, "index": index, "field": "new_contact_key"}
                 outcome.errors.append({**item, "message": message})
                 continue
-            del store[key]
+            changes[key] = None
             key = stored["contact_key"] = new_key
-            store[key] = stored
         values = {column: row[column] for column in batch.columns if column not in KEY_COLUMNS}
         if stored is None:
             if not batch.insert_if_not_exists:
                 outcome.warnings.append({"contact_key": key, "message": NOT_INSERTED})
                 continue
-            stored = store[key] = {
+            stored = {
                 "contact_key": key,
                 "contact_status": "A",
                 "email_permission": True,
@@ -373,7 +381,8 @@ def _apply(
         else:
             outcome.updated.append(sent_key)
         _merge(stored, values)
-    return store, outcome
+        changes[key] = stored
+    return changes, outcome
 
 
 class DengageEmulator:
@@ -834,9 +843,13 @@ class DengageEmulator:
 
     def _apply_locked(self, batch: _Batch, errors: list[dict[str, Any]]) -> _Outcome:
         """Apply a batch (lock held); a stopOnError batch with any error changes nothing."""
-        store, outcome = _apply(self._contacts, batch, errors)
+        changes, outcome = _apply(self._contacts, batch, errors)
         if not (batch.stop_on_error and outcome.errors):
-            self._contacts = store
+            for key, row in changes.items():
+                if row is None:
+                    self._contacts.pop(key, None)
+                else:
+                    self._contacts[key] = row
         return outcome
 
     def _settle_jobs(self) -> None:

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from target_dengage.mapping import CONTACT_KEY, NEW_CONTACT_KEY, Value
-
 TABLE = "dengage_contact_ledger"
 #: Keys per lookup query: far below every database's limit on bound parameters.
 LOOKUP_CHUNK = 500
@@ -45,14 +43,6 @@ def default_ledger_url(account: str) -> str:
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     name = hashlib.sha256(account.encode()).hexdigest()[:16]
     return f"sqlite:///{Path(data) / 'target-dengage' / f'ledger-{name}.sqlite'}"
-
-
-def payload_hash(row: Mapping[str, Value]) -> str:
-    """A stable hash of what a contact's row says, apart from which contact it is (so a
-    renamed contact's entry still matches its payload)."""
-    content = {k: v for k, v in row.items() if k != CONTACT_KEY and k != NEW_CONTACT_KEY}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 class Ledger:

@@ -9,10 +9,11 @@ record then only walks a precompiled tuple of ``(source, column, coercer)`` step
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 CONTACT_KEY = "contact_key"
@@ -50,6 +51,7 @@ MASK_LONG = 40
 MASK_KEEP_DOMAIN = 64
 
 _EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: Separators people type into phone numbers; removed before the digits-only check.
 _GSM_SEPARATORS = str.maketrans("", "", " -().+/")
 _TRUE_WORDS = frozenset({"true", "yes", "1", "y", "t"})
@@ -98,10 +100,12 @@ def _clean(text: str) -> str:
 
 
 def _text(value: object) -> str:
-    if isinstance(value, str):
-        if not value.strip():
+    if type(value) is str:  # the common case first: this runs for every text cell
+        if not value or value.isspace():
             raise Absent
-        return _clean(value)
+        return value if value.isascii() and "\x00" not in value else _clean(value)
+    if isinstance(value, str):
+        return _text(str(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -132,6 +136,10 @@ def coerce_key(value: object) -> str:
 
 def coerce_email(value: object) -> str:
     """Trimmed and lowercased, as D·engage stores it, so duplicates compare equal."""
+    if type(value) is str and value.isascii() and "\x00" not in value:
+        text = value.strip().lower()
+        if 0 < len(text) <= EMAIL_MAX and _EMAIL_RE.fullmatch(text):
+            return text
     if not isinstance(value, str):
         raise InvalidValueError(f"must be an email address, not {_kind(value)}")
     # Lowercased first: that is what D·engage stores, and lowercasing can lengthen text.
@@ -166,6 +174,12 @@ def coerce_boolean(value: object) -> bool:
 
 def coerce_date(value: object) -> str:
     """Dates and date-times become ``yyyy-MM-dd`` (the date as written, no time zone shift)."""
+    if type(value) is str and len(value) == 10 and _DATE_RE.fullmatch(value):
+        try:
+            dt.date.fromisoformat(value)  # a real calendar day, then sent as written
+        except ValueError:
+            raise InvalidValueError("is not a date (expected yyyy-MM-dd)") from None
+        return value
     if isinstance(value, dt.datetime):
         return value.date().isoformat()
     if isinstance(value, dt.date):
@@ -192,9 +206,9 @@ def coerce_gsm(value: object) -> str:
     elif isinstance(value, Decimal) and value.is_finite() and value == int(value):
         text = str(int(value))
     elif isinstance(value, str):
-        if not value.strip():
+        if not value or value.isspace():
             raise Absent
-        text = value.translate(_GSM_SEPARATORS)
+        text = value if value.isdigit() else value.translate(_GSM_SEPARATORS)
     else:
         raise InvalidValueError(f"must be a phone number, not {_kind(value)}")
     if not text.isdigit() or not text.isascii():
@@ -235,6 +249,7 @@ def coerce_custom(value: object) -> str:
 
 
 Coercer = Callable[[object], Value]
+Built = tuple[dict[str, Value], "list[FieldProblem] | None"]
 
 _COERCERS: Mapping[str, Coercer] = {
     "key": coerce_key,
@@ -261,6 +276,10 @@ class StreamPlan:
     dropped: tuple[str, ...] = ()
     platform_dropped: tuple[str, ...] = ()
     key_inferred: bool = False
+    build: Callable[[Mapping[str, object]], Built] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "build", _compile(self))
 
 
 @dataclass(frozen=True)
@@ -375,34 +394,108 @@ def plan_stream(
     )
 
 
-def build_row(
-    plan: StreamPlan, record: Mapping[str, object]
-) -> tuple[dict[str, Value], list[FieldProblem] | None]:
+def build_row(plan: StreamPlan, record: Mapping[str, object]) -> Built:
     """Map and validate one record.
 
     The row holds only columns with a real value: a null or blank never reaches the API, so
     a record never clears what D·engage already has.
     """
-    row: dict[str, Value] = {}
-    problems: list[FieldProblem] | None = None
-    for source, column, coercer in plan.steps:
-        value = record.get(source)
-        if value is None:
-            continue
-        try:
-            row[column] = coercer(value)
-        except Absent:
-            continue
-        except InvalidValueError as exc:
-            if problems is None:
-                problems = []
-            problems.append(FieldProblem(column, source, str(exc)))
-    if CONTACT_KEY not in row and not any(p.column == CONTACT_KEY for p in problems or ()):
-        problems = [
-            FieldProblem(CONTACT_KEY, plan.key_source, "is missing"),
-            *(problems or ()),
-        ]
+    return plan.build(record)
+
+
+def _problem(
+    problems: list[FieldProblem] | None, column: str, source: str, error: Exception
+) -> list[FieldProblem]:
+    found = FieldProblem(column, source, str(error))
+    if problems is None:
+        return [found]
+    problems.append(found)
+    return problems
+
+
+#: Inline checks that settle the usual value of a column kind without a function call; any
+#: other value goes to the column's coercer, which returns exactly what these accept as is.
+_FAST_PATHS: Mapping[str, str] = {
+    "key": (
+        "type(v) is str and 0 < len(v) <= {key_max} and v.isascii() and not v[0].isspace()"
+        ' and not v[-1].isspace() and "\\x00" not in v'
+    ),
+    "text100": (
+        'type(v) is str and 0 < len(v) <= {text_max} and v.isascii() and "\\x00" not in v'
+        " and not v.isspace()"
+    ),
+    "custom": (
+        'type(v) is str and 0 < len(v) <= {custom_max} and v.isascii() and "\\x00" not in v'
+        " and not v.isspace()"
+    ),
+    "boolean": "v is True or v is False",
+    "status": 'v == "A" or v == "P"',
+}
+
+_STEP = """
+    v = get({source!r})
+    if v is not None:
+        if {fast}:
+            row[{column!r}] = v
+        elif {numeric_key} and type(v) is int and -{int_max} < v < {int_max}:
+            row[{column!r}] = str(v)
+        else:
+            try:
+                row[{column!r}] = coercers[{index}](v)
+            except Absent:
+                pass
+            except InvalidValueError as exc:
+                problems = _problem(problems, {column!r}, {source!r}, exc)
+"""
+
+
+def _compile(plan: StreamPlan) -> Callable[[Mapping[str, object]], Built]:
+    """Turn a plan into one straight-line function: no loop over steps, and the usual value
+    of most columns checked inline. Names are embedded with ``repr``, so any property name is
+    safe in the generated source."""
+    kinds = {coerce: kind for kind, coerce in _COERCERS.items()}
+    limits = {"key_max": CONTACT_KEY_MAX, "text_max": TEXT_MAX, "custom_max": CUSTOM_MAX}
+    lines = ["def build(record):", "    get = record.get", "    row = {}", "    problems = None"]
+    for index, (source, column, coercer) in enumerate(plan.steps):
+        kind = kinds.get(coercer, "custom" if coercer is coerce_custom else "")
+        fast = _FAST_PATHS.get(kind, "False").format(**limits)
+        lines.append(
+            _STEP.format(
+                source=source,
+                column=column,
+                index=index,
+                fast=fast,
+                numeric_key=kind == "key",
+                int_max=10**18,  # far below the 255-character limit
+            )
+        )
+    lines.append(
+        f"""
+    if {CONTACT_KEY!r} not in row and not (
+        problems and any(p.column == {CONTACT_KEY!r} for p in problems)
+    ):
+        problems = [FieldProblem({CONTACT_KEY!r}, {plan.key_source!r}, "is missing"),
+                    *(problems or ())]
     return row, problems
+"""
+    )
+    namespace: dict[str, object] = {
+        "coercers": tuple(coercer for _, _, coercer in plan.steps),
+        "Absent": Absent,
+        "InvalidValueError": InvalidValueError,
+        "FieldProblem": FieldProblem,
+        "_problem": _problem,
+    }
+    exec(compile("\n".join(lines), f"<row builder for {plan.stream!r}>", "exec"), namespace)  # noqa: S102
+    return namespace["build"]  # type: ignore[return-value]
+
+
+def payload_hash(row: Mapping[str, Value]) -> str:
+    """A stable hash of what a contact's row says, apart from which contact it is (so a
+    renamed contact's entry still matches its payload)."""
+    content = {k: v for k, v in row.items() if k != CONTACT_KEY and k != NEW_CONTACT_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def mask(value: object) -> str:

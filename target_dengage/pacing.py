@@ -122,6 +122,6 @@ class Pacer:
                     time.sleep(left)
                     self.waited_seconds += left
             self.last_start = time.monotonic()
-            if self._memory is not None:
+            if self._memory is not None and self.interval > 0:
                 self._memory.record(time.time())
             return call()

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 LOGIN_PATH = "/rest/login"
 BULK_PATH = "/rest/bulk/contacts"
 ASYNC_PATH = "/rest/bulk/async/contacts"
@@ -22,6 +24,9 @@ _STATUS_FIELDS = ("status", "Status", "state", "State", "jobStatus")
 JOB_RUNNING = frozenset({"queued", "pending", "processing", "running", "inprogress"})
 JOB_DONE = frozenset({"completed", "success", "succeeded", "done", "finished"})
 JOB_FAILED = frozenset({"failed", "error", "cancelled", "canceled"})
+
+#: msgspec writes the same compact JSON as json.dumps, about ten times faster.
+_ENCODER = msgspec.json.Encoder()
 
 _KEY_FIELDS = ("contact_key", "contactKey", "ContactKey", "key", "Key")
 _MESSAGE_FIELDS = ("message", "Message", "error", "Error", "reason", "description", "errorMessage")
@@ -57,16 +62,14 @@ def bulk_body(
     stop_on_error: bool,
 ) -> bytes:
     """Serialize a BulkUpsert body once; rows hold only text and booleans by construction."""
-    return json.dumps(
+    return _ENCODER.encode(
         {
             "columns": list(columns),
             "contactDatas": rows,
             "insertIfNotExists": insert_if_not_exists,
             "stopOnError": stop_on_error,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+        }
+    )
 
 
 def _first(item: object, names: Sequence[str]) -> Any:
@@ -94,9 +97,15 @@ def parse_item(item: object) -> ItemIssue:
 
 
 def _keys(items: object) -> list[str]:
+    """Contact keys of an answer list; plain strings (the usual case) are taken as they are."""
     if not isinstance(items, list):
         return []
-    return [key for key in (parse_item(i).contact_key for i in items) if key is not None]
+    keys = []
+    for item in items:
+        key = item if type(item) is str else parse_item(item).contact_key
+        if key is not None:
+            keys.append(key)
+    return keys
 
 
 def _issues(items: object) -> list[ItemIssue]:

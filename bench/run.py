@@ -1,0 +1,374 @@
+"""Benchmark: target-dengage against a stock SDK target and the parse floor, in one run.
+
+    python bench/run.py               # N = 100,000
+    python bench/run.py --million     # also N = 1,000,000 (several minutes)
+
+For each N it generates warehouse-like contacts as Singer messages and measures, per
+process, wall time, CPU time (user + system) and peak RSS of:
+
+1. target-dengage, sync, pacing 0, into the emulator, all contacts new;
+2. the same in async mode;
+3. the same input again with change detection on: everything unchanged;
+4. meltanolabs-target-csv 0.5.0 with default settings (the stock SDK reference), installed
+   into a virtualenv of its own (bench/.venv-target-csv) on first use;
+5. a bare read-and-parse of the input (the floor).
+
+The emulator runs in a process of its own. Its cost is kept out of the target's figures:
+the time the emulator spent answering (from its request log) is taken off the target's wall
+time, and reported in a column of its own.
+
+It then checks the sync endpoint's API efficiency: one column set, a short pacing interval:
+the load must make ceil(N / 1000) calls and take within 5 % of (calls - 1) x interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+CSV_VENV = HERE / ".venv-target-csv"
+MAPPING = {
+    "customer_id": "contact_key",
+    "email_address": "email",
+    "first_name": "name",
+    "last_name": "surname",
+    "phone": "gsm",
+    "dob": "birth_date",
+    "opted_in_email": "email_permission",
+}
+#: The network guard of the test suite: nothing but loopback is reachable.
+NO_NETWORK = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
+
+
+@dataclass
+class Measure:
+    name: str
+    wall: float
+    cpu: float
+    rss_mb: float
+    emulator: float = 0.0
+
+    @property
+    def own_wall(self) -> float:
+        return max(self.wall - self.emulator, 1e-9)
+
+
+def generate(path: Path, n: int, *, uniform: bool = False) -> None:
+    """Warehouse-like contacts: mixed-case emails, formatted phones, date-times, some nulls.
+    ``uniform`` gives every record the same columns (for the API-efficiency check)."""
+    rnd = random.Random(n)
+    properties = {
+        "customer_id": {"type": "integer"},
+        "email_address": {"type": ["string", "null"]},
+        "first_name": {"type": ["string", "null"]},
+        "last_name": {"type": ["string", "null"]},
+        "phone": {"type": ["string", "null"]},
+        "dob": {"type": ["string", "null"], "format": "date"},
+        "opted_in_email": {"type": ["boolean", "null"]},
+        "city": {"type": ["string", "null"]},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }
+    cities = ["İstanbul", "Ankara", "İzmir", "London", "Berlin"]
+    with path.open("w", encoding="utf-8") as out:
+        schema = {
+            "type": "SCHEMA",
+            "stream": "public-customers",
+            "key_properties": ["customer_id"],
+            "schema": {"type": "object", "properties": properties},
+        }
+        out.write(json.dumps(schema) + "\n")
+        for i in range(1, n + 1):
+            gap = not uniform and rnd.random() < 0.12
+            record = {
+                "customer_id": i,
+                "email_address": f"  Customer.{i}@Example.COM ",
+                "first_name": f"First{i}",
+                "last_name": f"Last{i % 997}",
+                "phone": None if gap else f"+90 (535) {i % 10_000_000:07d}",
+                "dob": f"{1950 + i % 50}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+                "opted_in_email": i % 3 != 0,
+                "city": None if not uniform and i % 9 == 0 else cities[i % len(cities)],
+                "updated_at": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z",
+            }
+            out.write(
+                json.dumps(
+                    {"type": "RECORD", "stream": "public-customers", "record": record},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+            if i % 10_000 == 0 or i == n:
+                state = {"bookmarks": {"public-customers": {"replication_key_value": i}}}
+                out.write(json.dumps({"type": "STATE", "value": state}) + "\n")
+
+
+def run(name: str, command: list[str], stdin: Path, env: dict[str, str] | None = None) -> Measure:
+    """Run one process on the input; wall, CPU and peak RSS of that process alone."""
+    started = time.perf_counter()
+    with stdin.open("rb") as source:
+        process = subprocess.Popen(
+            command,
+            stdin=source,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **NO_NETWORK, **(env or {})},
+        )
+        assert process.stderr is not None
+        errors = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.stderr.write(errors.decode(errors="replace")[-3000:])
+        raise SystemExit(f"{name} failed")
+    return Measure(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+class Emulator:
+    """The emulator as a process of its own, so its CPU never counts as the target's."""
+
+    def __init__(self, scratch: Path, *, interval: float = 0) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process = subprocess.Popen(
+            [
+                str(BIN / "dengage-emulator"),
+                "--port",
+                str(self.port),
+                "--sync-interval",
+                str(interval),
+                "--custom-column",
+                "city",
+                "--max-running-jobs",
+                "8",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self._get("health")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.scratch = scratch
+
+    def _get(self, name: str) -> object:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.url}/_emulator/{name}", timeout=600) as answer:
+            return json.load(answer)
+
+    def _post(self, name: str) -> None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"{self.url}/_emulator/{name}"  # always loopback http
+        request = urllib.request.Request(url, data=b"{}", method="POST")  # noqa: S310
+        with opener.open(request, timeout=600):
+            pass
+
+    def busy_seconds(self) -> float:
+        """Time the emulator spent answering bulk calls (what the target waited for)."""
+        log = self._get("requests")
+        assert isinstance(log, list)
+        return sum(e["finished"] - e["started"] for e in log if e["path"].startswith("/rest/bulk"))
+
+    def calls(self) -> list[dict[str, object]]:
+        log = self._get("requests")
+        assert isinstance(log, list)
+        return [e for e in log if e["path"] == "/rest/bulk/contacts"]
+
+    def reset(self) -> None:
+        self._post("reset")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def target_csv() -> Path:
+    """meltanolabs-target-csv 0.5.0 in a virtualenv of its own (its SDK version is its own)."""
+    executable = CSV_VENV / "bin" / "target-csv"
+    if not executable.exists():
+        print("installing meltanolabs-target-csv 0.5.0 into bench/.venv-target-csv ...")
+        venv.create(CSV_VENV, with_pip=True)
+        subprocess.run(
+            [str(CSV_VENV / "bin" / "pip"), "install", "-q", "meltanolabs-target-csv==0.5.0"],
+            check=True,
+        )
+    return executable
+
+
+def config(path: Path, emulator: Emulator, scratch: Path, **extra: object) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "api_url": emulator.url,
+                "userkey": "demo",
+                "password": "demo-password",
+                "request_interval_seconds": 0,
+                "progress_interval_seconds": 0,
+                "poll_interval_seconds": 0,
+                "column_mapping": MAPPING,
+                "custom_columns": ["city"],
+                "pacing_state_path": str(scratch / "pacing.json"),
+                "job_journal_path": str(scratch / "jobs.json"),
+                **extra,
+            }
+        )
+    )
+    return path
+
+
+def bench(n: int, scratch: Path) -> list[Measure]:
+    data = scratch / f"contacts-{n}.jsonl"
+    generate(data, n)
+    target = str(BIN / "target-dengage")
+    results = []
+    emulator = Emulator(scratch)
+    try:
+        for name, extra in (
+            ("1 target-dengage sync", {}),
+            ("2 target-dengage async", {"mode": "async"}),
+        ):
+            emulator.reset()
+            cfg = config(scratch / "config.json", emulator, scratch, **extra)
+            measure = run(name, [target, "--config", str(cfg)], data)
+            measure.emulator = emulator.busy_seconds()
+            results.append(measure)
+
+        ledger = f"sqlite:///{scratch / f'ledger-{n}.sqlite'}"
+        cfg = config(
+            scratch / "config.json", emulator, scratch, change_detection=True, ledger_url=ledger
+        )
+        emulator.reset()
+        first = run("  (first run, ledger filling)", [target, "--config", str(cfg)], data)
+        first.emulator = emulator.busy_seconds()
+        emulator.reset()
+        again = run("3 change detection, unchanged", [target, "--config", str(cfg)], data)
+        again.emulator = emulator.busy_seconds()
+        results += [first, again]
+    finally:
+        emulator.stop()
+
+    out = scratch / "csv-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    (scratch / "csv.json").write_text(json.dumps({"output_path": str(out)}))
+    results.append(
+        run(
+            "4 meltanolabs-target-csv",
+            [str(target_csv()), "--config", str(scratch / "csv.json")],
+            data,
+        )
+    )
+    floor = "import json,sys\nfor line in sys.stdin.buffer: json.loads(line)\n"
+    results.append(run("5 bare read + json.loads", [sys.executable, "-c", floor], data))
+    return results
+
+
+def table(n: int, results: list[Measure]) -> None:
+    stock = next(m for m in results if m.name.startswith("4"))
+    floor = next(m for m in results if m.name.startswith("5"))
+    print(f"\nN = {n:,}")
+    head = (
+        f"{'run':34} {'wall s':>8} {'emul. s':>8} {'own s':>7} {'cpu s':>7} {'RSS MB':>7} "
+        f"{'contacts/s':>11} {'x stock':>8} {'x floor':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for m in results:
+        rate = n / m.own_wall
+        print(
+            f"{m.name:34} {m.wall:8.2f} {m.emulator:8.2f} {m.own_wall:7.2f} {m.cpu:7.2f} "
+            f"{m.rss_mb:7.0f} {rate:11,.0f} {stock.own_wall / m.own_wall:8.2f} "
+            f"{floor.own_wall / m.own_wall:8.2f}"
+        )
+
+
+def sync_efficiency(scratch: Path, n: int = 5000, interval: int = 2) -> bool:
+    """ceil(N/1000) calls, and wall time within 5 % of (calls - 1) x interval."""
+    data = scratch / "uniform.jsonl"
+    generate(data, n, uniform=True)
+    emulator = Emulator(scratch, interval=interval)
+    try:
+        cfg = config(
+            scratch / "config.json",
+            emulator,
+            scratch,
+            request_interval_seconds=interval,
+            pacing_state_path=str(scratch / "pacing-efficiency.json"),
+        )
+        measure = run("sync efficiency", [str(BIN / "target-dengage"), "--config", str(cfg)], data)
+        calls = emulator.calls()
+    finally:
+        emulator.stop()
+    expected_calls = math.ceil(n / 1000)
+    span = float(calls[-1]["started"]) - float(calls[0]["started"])  # type: ignore[arg-type]
+    ideal = (expected_calls - 1) * interval
+    ok_calls = len(calls) == expected_calls and all(c["status"] == 200 for c in calls)
+    ok_time = span <= ideal * 1.05
+    print(
+        f"\nSync efficiency: {n:,} contacts of one column set, request_interval_seconds "
+        f"{interval}: {len(calls)} calls (expected {expected_calls}); first to last call "
+        f"{span:.2f} s against (calls - 1) x interval = {ideal:.2f} s "
+        f"({(span / ideal - 1) * 100:+.1f} %); whole process {measure.wall:.2f} s. "
+        f"{'PASS' if ok_calls and ok_time else 'FAIL'}"
+    )
+    return ok_calls and ok_time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--million", action="store_true", help="also run N = 1,000,000")
+    parser.add_argument("--n", type=int, default=100_000, help="the main N (default 100,000)")
+    args = parser.parse_args()
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{os.uname().sysname} {os.uname().machine}"
+    )
+    sizes = [args.n, *([1_000_000] if args.million else [])]
+    peaks: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="target-dengage-bench-") as tmp:
+        scratch = Path(tmp)
+        for n in sizes:
+            results = bench(n, scratch)
+            table(n, results)
+            peaks[n] = results[0].rss_mb
+        if args.million:
+            ratio = peaks[1_000_000] / peaks[args.n]
+            print(
+                f"\nPeak RSS of (1): {peaks[args.n]:.0f} MB at N={args.n:,}, "
+                f"{peaks[1_000_000]:.0f} MB at N=1,000,000 ({ratio:.2f}x; target <= 1.2x)"
+            )
+        ok = sync_efficiency(scratch)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
