@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import venv
@@ -121,7 +122,11 @@ def generate(path: Path, n: int, *, uniform: bool = False) -> None:
 
 
 def run(name: str, command: list[str], stdin: Path, env: dict[str, str] | None = None) -> Measure:
-    """Run one process on the input; wall, CPU and peak RSS of that process alone."""
+    """Run one process on the input; wall, CPU and peak RSS of that process alone.
+
+    Peak RSS is read from /proc (VmHWM) while it runs: the rusage figure would also count
+    the memory of this script at the moment it forked the process.
+    """
     started = time.perf_counter()
     with stdin.open("rb") as source:
         process = subprocess.Popen(
@@ -129,16 +134,65 @@ def run(name: str, command: list[str], stdin: Path, env: dict[str, str] | None =
             stdin=source,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, **NO_NETWORK, **(env or {})},
+            env=_child_env(env),
         )
+        peak = _PeakWatcher(process.pid)
         assert process.stderr is not None
         errors = process.stderr.read()
+        peak.stop()
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.stderr.write(errors.decode(errors="replace")[-3000:])
         raise SystemExit(f"{name} failed")
-    return Measure(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Measure(name, wall, usage.ru_utime + usage.ru_stime, peak.kilobytes / 1024)
+
+
+class _PeakWatcher:
+    """Samples a process's high-water RSS (VmHWM, which only grows) until it ends."""
+
+    def __init__(self, pid: int) -> None:
+        self.kilobytes = 0
+        self._status = Path(f"/proc/{pid}/status")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                for line in self._status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.kilobytes = max(self.kilobytes, int(line.split()[1]))
+            except (OSError, ValueError, IndexError):
+                return
+            if self._done.wait(0.01):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The processes measured run as installed software does: with their bytecode cached
+    (some sandboxes set PYTHONDONTWRITEBYTECODE, which would make every start compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **NO_NETWORK, **(extra or {})}
+
+
+def warm_up(scratch: Path) -> None:
+    """One tiny run of each program first, so no measured run pays for first-time caching."""
+    data = scratch / "warm-up.jsonl"
+    generate(data, 10)
+    emulator = Emulator(scratch)
+    try:
+        cfg = config(scratch / "config.json", emulator, scratch)
+        run("warm-up", [str(BIN / "target-dengage"), "--config", str(cfg)], data)
+    finally:
+        emulator.stop()
+    (scratch / "csv.json").write_text(json.dumps({"output_path": str(scratch)}))
+    run("warm-up", [str(target_csv()), "--config", str(scratch / "csv.json")], data)
 
 
 class Emulator:
@@ -160,6 +214,7 @@ class Emulator:
                 "8",
             ],
             stderr=subprocess.DEVNULL,
+            env=_child_env(),
         )
         deadline = time.monotonic() + 20
         while True:
@@ -356,6 +411,7 @@ def main() -> int:
     peaks: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="target-dengage-bench-") as tmp:
         scratch = Path(tmp)
+        warm_up(scratch)
         for n in sizes:
             results = bench(n, scratch)
             table(n, results)

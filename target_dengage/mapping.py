@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import msgspec
+
 CONTACT_KEY = "contact_key"
 NEW_CONTACT_KEY = "new_contact_key"
 
@@ -52,6 +54,8 @@ MASK_KEEP_DOMAIN = 64
 
 _EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: Keys sorted, compact, UTF-8: the same row always gives the same bytes.
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
 #: Separators people type into phone numbers; removed before the digits-only check.
 _GSM_SEPARATORS = str.maketrans("", "", " -().+/")
 _TRUE_WORDS = frozenset({"true", "yes", "1", "y", "t"})
@@ -494,8 +498,7 @@ def payload_hash(row: Mapping[str, Value]) -> str:
     """A stable hash of what a contact's row says, apart from which contact it is (so a
     renamed contact's entry still matches its payload)."""
     content = {k: v for k, v in row.items() if k != CONTACT_KEY and k != NEW_CONTACT_KEY}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_SORTED_JSON.encode(content), digest_size=16).hexdigest()
 
 
 def mask(value: object) -> str:
