@@ -9,7 +9,7 @@ from singer_sdk.sinks import BatchSink
 
 from target_dengage.batcher import Pending
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
-from target_dengage.mapping import CONTACT_KEY, StreamConfigError, build_row, plan_stream
+from target_dengage.mapping import CONTACT_KEY, StreamConfigError, plan_stream
 
 if t.TYPE_CHECKING:
     from target_dengage.target import TargetDengage
@@ -32,6 +32,7 @@ class DengageSink(BatchSink):
     ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
         self._dengage = target
+        self._batcher = target.batcher
         self._record_number = 0
         try:
             self._plan = plan_stream(
@@ -45,6 +46,7 @@ class DengageSink(BatchSink):
         except StreamConfigError as exc:
             raise InvalidInputError(str(exc)) from None
         plan = self._plan
+        self._build = plan.build
         if plan.key_inferred:
             self.logger.info(
                 "Stream '%s' has no contact_key column; using its key property '%s' as "
@@ -105,11 +107,11 @@ class DengageSink(BatchSink):
 
     def process_record(self, record: dict[str, t.Any], context: dict[str, t.Any]) -> None:
         self._record_number += 1
-        row, problems = build_row(self._plan, record)
+        row, problems = self._build(record)
         pending = Pending(
             row, self.stream_name, self._record_number, record, self._dengage.record_seq
         )
-        batcher = self._dengage.batcher
+        batcher = self._batcher
         batcher.stats.records_read += 1
         if problems is None:
             batcher.add(pending)
