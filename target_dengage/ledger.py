@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -43,6 +44,16 @@ def default_ledger_url(account: str) -> str:
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     name = hashlib.sha256(account.encode()).hexdigest()[:16]
     return f"sqlite:///{Path(data) / 'target-dengage' / f'ledger-{name}.sqlite'}"
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL lets a reader (``target-dengage-ledger info``) run beside a load, and NORMAL
+    sync drops an fsync per transaction: a power cut may lose the newest entries, which
+    only means those contacts are sent once more; it never records an unconfirmed one."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 _LOOKUP = sa.select(_ledger.c.contact_key, _ledger.c.payload_hash, _ledger.c.confirmed_at).where(
@@ -70,6 +81,8 @@ class Ledger:
         self.url = url
         self.account = account
         self._engine = sa.create_engine(url)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         _metadata.create_all(self._engine, checkfirst=True)
         self._connection = self._engine.connect()
 
