@@ -7,6 +7,7 @@ session; every test gets its own Meltano system database, so state never leaks b
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -171,6 +172,10 @@ def test_postgres_table_through_tap_postgres(
         + f", DATE '1980-01-01' + {i}, {'true' if i % 3 else 'false'}, now())"
         for i in range(1, 251)
     )
+    # A database of its own: the session's server also holds other tests' tables (such as a
+    # change-detection ledger), and tap-postgres extracts every table of the schema.
+    postgres.sql("DROP DATABASE IF EXISTS warehouse;\nCREATE DATABASE warehouse;")
+    postgres = dataclasses.replace(postgres, database="warehouse")
     postgres.sql(
         "DROP TABLE IF EXISTS customers;"
         "CREATE TABLE customers (customer_id text PRIMARY KEY, email_address text, "
