@@ -366,7 +366,7 @@ def table(n: int, results: list[Measure]) -> None:
         )
 
 
-def sync_efficiency(scratch: Path, n: int = 5000, interval: int = 2) -> bool:
+def sync_efficiency(scratch: Path, n: int = 5000, interval: int = 5) -> bool:
     """ceil(N/1000) calls, and wall time within 5 % of (calls - 1) x interval."""
     data = scratch / "uniform.jsonl"
     generate(data, n, uniform=True)

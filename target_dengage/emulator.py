@@ -626,6 +626,7 @@ class DengageEmulator:
         authorization: str | None,
         content_type: str | None,
         raw: bytes,
+        arrived: tuple[float, float],
     ) -> _Reply:
         if path.startswith(ADMIN_PREFIX):
             return self._admin(method, path.removeprefix(ADMIN_PREFIX), raw)
@@ -636,7 +637,7 @@ class DengageEmulator:
             "method": method,
             "path": path,
             "status": None,
-            "started": time.time(),
+            "started": arrived[0],
             "finished": None,
             "columns": None,
             "count": None,
@@ -663,7 +664,7 @@ class DengageEmulator:
                     tuple((fault.headers or {}).items()),
                 )
             else:
-                reply = self._route(method, path, authorization, body, fault)
+                reply = self._route(method, path, authorization, body, fault, arrived[1])
         except Exception:
             logger.exception("emulator failed on %s %s", method, path)
             reply = _Reply(500, {"code": 999, "message": "UnexpectedError"})
@@ -693,6 +694,7 @@ class DengageEmulator:
         authorization: str | None,
         body: Any,
         fault: _Fault | None,
+        arrived: float,
     ) -> _Reply:
         hang = fault.hang_seconds if fault is not None else 0.0
         job = JOB_PATH_RE.fullmatch(path)
@@ -710,7 +712,7 @@ class DengageEmulator:
             self._pause(hang)
             return self._job_status(job.group(1))
         if path == SYNC_PATH:
-            return self._bulk_sync(body, hang)
+            return self._bulk_sync(body, hang, arrived)
         return self._bulk_async(body, hang)
 
     def _login(self, body: Any) -> _Reply:
@@ -751,12 +753,12 @@ class DengageEmulator:
             raise _FieldError("FieldError: the request could not be processed")
         return batch
 
-    def _bulk_sync(self, body: Any, hang: float) -> _Reply:
+    def _bulk_sync(self, body: Any, hang: float, arrived: float) -> _Reply:
         """Sync BulkUpsert: admit at most one call at a time and one per interval, then upsert."""
         with self._lock:
             if self._sync_busy:
                 return _Reply(429, SYNC_CONCURRENT)
-            now, last = time.monotonic(), self._sync_last_start
+            now, last = arrived, self._sync_last_start
             if last is not None and now - last < self._options.sync_interval_seconds:
                 return _Reply(429, SYNC_TOO_SOON)
             self._sync_busy, self._sync_last_start = True, now
@@ -970,13 +972,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def _handle(self) -> None:
+        # A call is timed from its arrival, as a server's rate limiter would, not from when
+        # its body has been read (which varies with the body's size and the machine's load).
+        arrived = (time.time(), time.monotonic())
         raw = self._read_body()
         if raw is None:
             return
         path = urlsplit(self.path).path
         headers = self.headers
         reply = self.server.emulator._dispatch(
-            self.command, path, headers.get("Authorization"), headers.get("Content-Type"), raw
+            self.command,
+            path,
+            headers.get("Authorization"),
+            headers.get("Content-Type"),
+            raw,
+            arrived,
         )
         self._send(reply)
 

@@ -66,6 +66,13 @@ _FORGET = _ledger.delete().where(
 )
 
 
+_SQLITE_PUT = (
+    "INSERT OR REPLACE INTO dengage_contact_ledger "
+    "(account, contact_key, payload_hash, confirmed_at) VALUES (?, ?, ?, ?)"
+)
+_SQLITE_FORGET = "DELETE FROM dengage_contact_ledger WHERE account = ? AND contact_key = ?"
+
+
 class Ledger:
     """One account's view of the ledger table, over one connection kept for the run.
 
@@ -107,14 +114,25 @@ class Ledger:
     def record(self, entries: Mapping[str, str], renamed: Iterable[str] = ()) -> None:
         """Write confirmed payloads (and drop renamed-away keys) in one transaction."""
         now = time.time()
-        gone = [*entries, *renamed]
-        with self._connection.begin():
+        connection = self._connection
+        with connection.begin():
+            if self._engine.dialect.name == "sqlite":
+                # The default ledger: the driver's own executemany, twice as fast as Core's.
+                dropped = [(self.account, k) for k in renamed]
+                if dropped:
+                    connection.exec_driver_sql(_SQLITE_FORGET, dropped)
+                if entries:
+                    connection.exec_driver_sql(
+                        _SQLITE_PUT, [(self.account, k, d, now) for k, d in entries.items()]
+                    )
+                return
+            gone = [*entries, *renamed]
             for start in range(0, len(gone), LOOKUP_CHUNK):
-                self._connection.execute(
+                connection.execute(
                     _FORGET, {"account": self.account, "keys": gone[start : start + LOOKUP_CHUNK]}
                 )
             if entries:
-                self._connection.execute(
+                connection.execute(
                     _ledger.insert(),
                     [
                         {

@@ -21,9 +21,9 @@ T = TypeVar("T")
 
 #: Spacing kept on top of the interval: D·engage times a call from when it has read it,
 #: which varies with the body size, the network and the load, and a 429 costs a whole
-#: interval. 2 % of the interval, at least 50 ms and at most 1 s.
+#: interval. 2 % of the interval, at least 100 ms and at most 1 s.
 PACING_MARGIN = 0.02
-MIN_PACING_MARGIN_SECONDS = 0.05
+MIN_PACING_MARGIN_SECONDS = 0.1
 MAX_PACING_MARGIN_SECONDS = 1.0
 
 
