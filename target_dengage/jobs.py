@@ -47,22 +47,23 @@ class JobJournal:
         jobs = read_json_object(self.path).get(self._key, [])
         return [j for j in jobs if isinstance(j, dict) and isinstance(j.get("job_id"), str)]
 
-    def _write(self, jobs: list[dict[str, Any]]) -> None:
+    def _write(self, jobs: list[dict[str, Any]], *, durable: bool) -> None:
         data = read_json_object(self.path)
         if jobs:
             data[self._key] = jobs
         else:
             data.pop(self._key, None)
-        write_json_atomic(self.path, data)
+        write_json_atomic(self.path, data, durable=durable)
 
     def add(self, job_id: str, keys: Sequence[str]) -> None:
-        self._write(
-            [*self.entries(), {"job_id": job_id, "submitted_at": time.time(), "keys": keys}]
-        )
+        """Synced to disk: a job the journal forgets could land after a rerun's newer data."""
+        entry = {"job_id": job_id, "submitted_at": time.time(), "keys": keys}
+        self._write([*self.entries(), entry], durable=True)
 
     def remove(self, job_ids: Iterable[str]) -> None:
+        """Not synced: a confirmed job still listed after a power cut only costs one poll."""
         gone = set(job_ids)
-        self._write([j for j in self.entries() if j["job_id"] not in gone])
+        self._write([j for j in self.entries() if j["job_id"] not in gone], durable=False)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class PacingMemory:
         data = self._read()
         data[self._key] = started
         try:
-            write_json_atomic(self.path, data)
+            write_json_atomic(self.path, data, durable=False)  # advisory: a 429 at worst
         except OSError as exc:
             if not self._warned:
                 self._warned = True
