@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,12 @@ def run_target(
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
     kill_after: float | None = None,
+    kill_when: Callable[[], bool] | None = None,
 ) -> Run:
     """Run the installed CLI as a user would: config file, messages on stdin.
 
-    ``kill_after`` sends SIGKILL that many seconds after the start, as a crash would.
+    ``kill_after`` sends SIGKILL that many seconds after the start, as a crash would;
+    ``kill_when`` sends it as soon as the condition holds (checked every 10 ms).
     """
     config_path = tmp_path / f"config-{time.monotonic_ns()}.json"
     config_path.write_text(json.dumps(config))
@@ -171,6 +173,20 @@ def run_target(
         killer = threading.Timer(kill_after, proc.kill) if kill_after is not None else None
         if killer is not None:
             killer.start()
+        watcher = None
+        if kill_when is not None:
+            condition = kill_when
+
+            def watch() -> None:
+                deadline = time.monotonic() + RUN_TIMEOUT
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if condition():
+                        proc.kill()
+                        return
+                    time.sleep(0.01)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
         try:
             proc.stdin.write(text)
             proc.stdin.close()
@@ -182,6 +198,8 @@ def run_target(
             if killer is not None:
                 killer.cancel()
             proc.kill()
+            if watcher is not None:
+                watcher.join()
             for reader in readers:
                 reader.join()
     summary_path = Path(config.get("run_summary_path") or tmp_path / "no-summary.json")

@@ -142,16 +142,24 @@ def test_running_job_limit_429s_are_absorbed(
 def test_sigkill_with_jobs_in_flight_then_rerun_polls_the_journal_first(
     emulator: DengageEmulator, async_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    emulator.set_options(async_job_seconds=4)
-    crashed = run_target(async_config, _messages(3000), tmp_path, kill_after=2.0)
+    emulator.set_options(async_job_seconds=5)
+    journal_path = Path(async_config["job_journal_path"])
+
+    def three_jobs_journaled() -> bool:
+        try:
+            return [len(v) for v in json.loads(journal_path.read_text()).values()] == [3]
+        except (OSError, ValueError):
+            return False
+
+    crashed = run_target(async_config, _messages(3000), tmp_path, kill_when=three_jobs_journaled)
     assert crashed.returncode == -9
     assert crashed.stdout == ""
     assert [j["status"] for j in emulator.jobs()] == ["Processing"] * 3
-    journal = json.loads(Path(async_config["job_journal_path"]).read_text())
+    journal = json.loads(journal_path.read_text())
     (entries,) = journal.values()
     assert len(entries) == 3
 
-    emulator.set_options(async_job_seconds=0.2)
+    emulator.set_options(async_job_seconds=0.2)  # for the rerun's own jobs
     rerun = run_target(async_config, _messages(3000), tmp_path)
 
     assert rerun.returncode == 0, rerun.stderr
