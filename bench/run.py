@@ -42,15 +42,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 CSV_VENV = HERE / ".venv-target-csv"
-MAPPING = {
-    "customer_id": "contact_key",
-    "email_address": "email",
-    "first_name": "name",
-    "last_name": "surname",
-    "phone": "gsm",
-    "dob": "birth_date",
-    "opted_in_email": "email_permission",
-}
+#: The sample warehouse columns → master_contact columns (shared with the demo, the
+#: benchmark and the Meltano tests).
+MAPPING = json.loads((HERE.parent / "examples" / "warehouse-column-mapping.json").read_text())
 #: The network guard of the test suite: nothing but loopback is reachable.
 NO_NETWORK = {
     "HTTP_PROXY": "http://127.0.0.1:9",

@@ -21,15 +21,9 @@ from target_dengage.emulator import DengageEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "contacts.csv"
-COLUMN_MAPPING = {
-    "customer_id": "contact_key",
-    "email_address": "email",
-    "first_name": "name",
-    "last_name": "surname",
-    "phone": "gsm",
-    "dob": "birth_date",
-    "opted_in_email": "email_permission",
-}
+#: The sample warehouse columns → master_contact columns (shared with the demo, the
+#: benchmark and the Meltano tests).
+COLUMN_MAPPING = json.loads((ROOT / "examples" / "warehouse-column-mapping.json").read_text())
 
 
 def singer_messages(path: Path) -> list[str]:

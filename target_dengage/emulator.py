@@ -742,6 +742,20 @@ class DengageEmulator:
             expiry = self._tokens.get(token)
             return expiry is not None and time.monotonic() < expiry
 
+    def _validate(
+        self, body: Any, custom_columns: frozenset[str]
+    ) -> tuple[_Batch, list[dict[str, Any]]] | _Reply:
+        """The checks both BulkUpsert endpoints make before anything is applied: the batch
+        and its per-record errors, or the 400 answer that refuses it."""
+        try:
+            batch = self._parse_admitted(body, custom_columns)
+        except _FieldError as exc:
+            return _field_error(str(exc))
+        errors = _record_errors(batch)
+        if batch.stop_on_error and errors:
+            return _validation_failed(errors)
+        return batch, errors
+
     def _parse_admitted(self, body: Any, custom_columns: frozenset[str]) -> _Batch:
         """Structural checks, plus the refusals a test asked for (refuse_batches_containing)."""
         batch = _parse_batch(body, custom_columns)
@@ -765,13 +779,10 @@ class DengageEmulator:
             custom_columns = self._options.custom_columns
         try:
             self._pause(hang)
-            try:
-                batch = self._parse_admitted(body, custom_columns)
-            except _FieldError as exc:
-                return _field_error(str(exc))
-            errors = _record_errors(batch)
-            if batch.stop_on_error and errors:
-                return _validation_failed(errors)
+            checked = self._validate(body, custom_columns)
+            if isinstance(checked, _Reply):
+                return checked
+            batch, errors = checked
             with self._lock:
                 self._settle_jobs()
                 outcome = self._apply_locked(batch, errors)
@@ -793,13 +804,10 @@ class DengageEmulator:
             custom_columns = self._options.custom_columns
         try:
             self._pause(hang)
-            try:
-                batch = self._parse_admitted(body, custom_columns)
-            except _FieldError as exc:
-                return _field_error(str(exc))
-            errors = _record_errors(batch)
-            if batch.stop_on_error and errors:
-                return _validation_failed(errors)
+            checked = self._validate(body, custom_columns)
+            if isinstance(checked, _Reply):
+                return checked
+            batch, errors = checked
             with self._lock:
                 hang_job = self._job_hangs > 0
                 failure = None

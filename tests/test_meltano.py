@@ -22,15 +22,9 @@ from pgserver import Server
 from target_dengage.emulator import DengageEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
-WAREHOUSE_MAPPING = {
-    "customer_id": "contact_key",
-    "email_address": "email",
-    "first_name": "name",
-    "last_name": "surname",
-    "phone": "gsm",
-    "dob": "birth_date",
-    "opted_in_email": "email_permission",
-}
+#: The sample warehouse columns → master_contact columns (shared with the demo, the
+#: benchmark and the Meltano tests).
+WAREHOUSE_MAPPING = json.loads((ROOT / "examples" / "warehouse-column-mapping.json").read_text())
 
 pytestmark = pytest.mark.meltano
 
