@@ -20,10 +20,12 @@ import logging
 import math
 import time
 import typing as t
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
 
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, DengageRequestError
@@ -41,8 +43,15 @@ from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
 
 if TYPE_CHECKING:
-    from target_dengage.ledger import Ledger
+    from concurrent.futures import Future
 
+    from target_dengage.ledger import Entry, Ledger
+
+#: Decodes and maps a record taken as JSON text: (text, record number, sequence number).
+Materialize = Callable[[msgspec.Raw, int, int], "Pending | None"]
+#: A record taken as JSON text: (contact key, source hash), text, sequence and record
+#: numbers, and how to map it.
+Unmapped = tuple[tuple[str, str], msgspec.Raw, int, int, Materialize]
 #: How many individual API errors or warnings are spelled out in the log per request.
 ISSUES_LOGGED_PER_REQUEST = 5
 
@@ -58,6 +67,7 @@ class Pending:
     seq: int
     merges: int = 0  # earlier records of the same contact folded into this one
     digest: str | None = None  # the row's ledger hash, once computed
+    source: str | None = None  # hash of the one record's JSON text the row is made of
 
     def describe(self) -> str:
         key = self.row.get(CONTACT_KEY)
@@ -90,6 +100,19 @@ class _Bucket:
     columns: tuple[str, ...]
     rows: dict[str, Pending] = field(default_factory=dict)
     min_seq: float = math.inf
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A ledger lookup on its way, and the keys written to the ledger since it was sent."""
+
+    entries: list[Pending | Unmapped]
+    answer: Future[dict[str, Entry]]
+    written: set[str] = field(default_factory=set)
+
+
+def _keys(entries: Iterable[Pending | Unmapped]) -> list[str]:
+    return [e[0][0] if isinstance(e, tuple) else str(e.row[CONTACT_KEY]) for e in entries]
 
 
 @dataclass
@@ -141,7 +164,10 @@ class ContactBatcher:
             None if ledger_max_age_days is None else ledger_max_age_days * 86400.0
         )
         #: Valid records waiting for one batched ledger lookup (change detection only).
-        self._lookups: list[Pending] = []
+        self._lookups: list[Pending | Unmapped] = []
+        #: The lookup sent to the ledger's thread and not yet resolved (records before those
+        #: in ``_lookups``).
+        self._flight: _Flight | None = None
         self._buckets: dict[tuple[str, ...], _Bucket] = {}
         self._where: dict[str, tuple[str, ...]] = {}
         self._column_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -170,8 +196,10 @@ class ContactBatcher:
         lowest = self._blocked_seq
         if self.jobs is not None:
             lowest = min(lowest, self.jobs.min_seq)
-        if self._lookups:
-            lowest = min(lowest, self._lookups[0].seq)
+        waiting = self._flight.entries if self._flight is not None else self._lookups
+        if waiting:
+            first = waiting[0]
+            lowest = min(lowest, first[2] if isinstance(first, tuple) else first.seq)
         for bucket in self._buckets.values():
             lowest = min(lowest, bucket.min_seq)
         return lowest
@@ -181,35 +209,108 @@ class ContactBatcher:
         (without it, ``add`` is ``_queue`` itself: see ``__init__``)."""
         self._lookups.append(pending)
         if len(self._lookups) >= self._batch_size:
-            self._resolve_lookups()
+            self._look_up_later()
+
+    def add_unmapped(
+        self,
+        identity: tuple[str, str],
+        raw: msgspec.Raw,
+        seq: int,
+        number: int,
+        materialize: Materialize,
+    ) -> None:
+        """Take a record still in its JSON text (change detection only), with its contact
+        key and source hash: it is decoded and mapped only if the ledger does not know its
+        text already. A tuple, not a :class:`Pending`: nearly all of them are dropped as
+        unchanged a moment later."""
+        lookups = self._lookups
+        lookups.append((identity, raw, seq, number, materialize))
+        if len(lookups) >= self._batch_size:
+            self._look_up_later()
+
+    def _look_up_later(self) -> None:
+        """Send the waiting records' lookup to the ledger's thread and go on reading; the
+        lookup sent before this one is resolved first, so records resolve in order."""
+        assert self._ledger is not None
+        self._land()
+        entries, self._lookups = self._lookups, []
+        self._flight = _Flight(entries, self._ledger.lookup_later(_keys(entries)))
+
+    def _land(self) -> None:
+        """Resolve the lookup in flight, if any."""
+        flight = self._flight
+        if flight is not None:
+            self._flight = None
+            self._resolve(flight.entries, flight.answer.result(), flight.written)
 
     def _resolve_lookups(self) -> None:
-        """One ledger query for the waiting records; the unchanged ones are done."""
+        """Resolve every record waiting for the ledger, now."""
         assert self._ledger is not None
-        pendings, self._lookups = self._lookups, []
-        if not pendings:
-            return
-        known = self._ledger.lookup([str(p.row[CONTACT_KEY]) for p in pendings])
-        oldest = None if self._ledger_max_age is None else time.time() - self._ledger_max_age
+        self._land()
+        entries, self._lookups = self._lookups, []
+        if entries:
+            self._resolve(entries, self._ledger.lookup(_keys(entries)), ())
+
+    def _resolve(
+        self, entries: list[Pending | Unmapped], known: Mapping[str, Entry], stale: Container[str]
+    ) -> None:
+        """Drop the unchanged records; queue the rest. ``stale``: keys written to the ledger
+        after the lookup was sent, so its answer for them may be out of date."""
+        assert self._ledger is not None
+        oldest = -math.inf if self._ledger_max_age is None else time.time() - self._ledger_max_age
         seen: set[str] = set()
-        for pending in pendings:
-            key = str(pending.row[CONTACT_KEY])
+        where = self._where
+        jobs = self.jobs
+        unchanged = 0
+        adopted: dict[str, tuple[str, str]] = {}
+        pending: Pending
+        for entry in entries:
+            if isinstance(entry, tuple):
+                (key, source), raw, seq, number, materialize = entry
+                found = known.get(key)
+                # A contact that is already on its way (or came twice in this lookup) is
+                # always sent: skipping its later version would let the earlier one land last.
+                if (
+                    found is not None
+                    and found[2] == source
+                    and found[3] > oldest
+                    and key not in seen
+                    and key not in where
+                    and key not in stale
+                    and (jobs is None or not jobs.carries(key))
+                ):
+                    unchanged += 1
+                    seen.add(key)
+                    continue
+                mapped = materialize(raw, number, seq)
+                if mapped is None:  # invalid: set aside
+                    continue
+                pending = mapped
+                pending.source = source
+            else:
+                pending = entry
+                key = str(pending.row[CONTACT_KEY])
+                found = known.get(key)
             pending.digest = payload_hash(pending.row)
-            entry = known.get(key)
-            # A contact that is already on its way (or came twice in this lookup) is always
-            # sent: skipping its later version would let the earlier one land last.
             if (
-                entry is not None
-                and entry[0] == pending.digest
-                and (oldest is None or entry[1] > oldest)
+                found is not None
+                and found[1] == pending.digest
+                and found[3] > oldest
                 and key not in seen
-                and key not in self._where
-                and (self.jobs is None or not self.jobs.carries(key))
+                and key not in where
+                and key not in stale
+                and (jobs is None or not jobs.carries(key))
             ):
-                self.stats.unchanged += 1
+                unchanged += 1
+                if pending.source is not None:
+                    # New text for a payload D·engage has: next run, know it by its text.
+                    adopted[key] = (pending.digest, pending.source)
             else:
                 self._queue(pending)
             seen.add(key)
+        self.stats.unchanged += unchanged
+        if adopted:
+            self._ledger.adopt_sources(adopted)
 
     def _queue(self, pending: Pending) -> None:
         """Queue a contact to send; send its bucket as soon as it is full."""
@@ -224,6 +325,7 @@ class ContactBatcher:
                 # columns only the earlier record had keep its values.
                 pending.row = {**old.row, **pending.row}
                 pending.digest = None
+                pending.source = None  # no longer the row of one record's text
                 columns = self._column_set(pending.row)
                 if not old_bucket.rows:
                     del self._buckets[previous]
@@ -396,7 +498,7 @@ class ContactBatcher:
         Rejected contacts, and those it warned about, are left out: they go again next run."""
         assert self._ledger is not None
         skip = {i.contact_key for i in (*outcome.errors, *outcome.warnings)}
-        entries: dict[str, str] = {}
+        entries: dict[str, tuple[str, str | None]] = {}
         renamed: list[str] = []
         for pending in group:
             key = str(pending.row[CONTACT_KEY])
@@ -405,11 +507,14 @@ class ContactBatcher:
             digest = pending.digest or payload_hash(pending.row)
             new_key = pending.row.get(NEW_CONTACT_KEY)
             if new_key is None:
-                entries[key] = digest
+                entries[key] = (digest, pending.source)
             else:
+                # The text names the old key: under the new one it would not match again.
                 renamed.append(key)
-                entries[str(new_key)] = digest
+                entries[str(new_key)] = (digest, None)
         self._ledger.record(entries, renamed)
+        if self._flight is not None:
+            self._flight.written.update(entries, renamed)
 
     def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
         rejected = self._record_outcome(job.group, outcome)

@@ -2,41 +2,68 @@
 
 A nightly full-table sync re-reads every row, and most have not changed; with one sync call a
 minute, re-sending them costs hours. The ledger keeps, per account and contact key, a stable
-hash of the mapped, normalized payload that D·engage confirmed. A record whose hash matches is
-skipped. It is written only for confirmed contacts, one transaction per confirmed request, so
-a crash never marks an unconfirmed contact as sent.
+hash of the mapped, normalized payload that D·engage confirmed (``payload_hash``) and, when the
+contact came from one record read straight from the input, a hash of that record's JSON text
+(``source_hash``: an unchanged row is then recognised without mapping it again). It is written
+only for confirmed contacts, one transaction per confirmed request, so a crash never marks an
+unconfirmed contact as sent.
 
-SQLAlchemy talks to it: a SQLite file by default, or any database a team shares between
-machines (``ledger_url``, e.g. ``postgresql+psycopg2://...``).
+The default ledger is a SQLite file, spoken to with the standard library's ``sqlite3``: a
+nightly run that finds nothing changed should not spend a third of a second importing
+SQLAlchemy. Any other database a team shares between machines (``ledger_url``, e.g.
+``postgresql+psycopg2://...``) goes through SQLAlchemy, over the same table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
+import msgspec
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 TABLE = "dengage_contact_ledger"
 #: Keys per lookup query: below every database's limit on bound parameters.
 LOOKUP_CHUNK = 1000
+#: A ledger row as a lookup returns it: contact_key, payload_hash, source_hash, confirmed_at.
+Entry = tuple[str, str, "str | None", float]
+#: What a confirmed request records per contact key: payload_hash, source_hash.
+Confirmed = Mapping[str, tuple[str, "str | None"]]
 
-_metadata = sa.MetaData()
-_ledger = sa.Table(
-    TABLE,
-    _metadata,
-    sa.Column("account", sa.String(512), primary_key=True),
-    sa.Column("contact_key", sa.String(255), primary_key=True),
-    sa.Column("payload_hash", sa.String(32), nullable=False),
-    sa.Column("confirmed_at", sa.Float, nullable=False),
+#: A lookup's answer as SQLite gives it in JSON.
+_ENTRIES = msgspec.json.Decoder(list[tuple[str, str, str | None, float]])
+_SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS dengage_contact_ledger (
+    account VARCHAR(512) NOT NULL,
+    contact_key VARCHAR(255) NOT NULL,
+    payload_hash VARCHAR(32) NOT NULL,
+    confirmed_at FLOAT NOT NULL,
+    source_hash VARCHAR(32),
+    PRIMARY KEY (account, contact_key)
+)"""
+_SQLITE_PUT = (
+    "INSERT OR REPLACE INTO dengage_contact_ledger "
+    "(account, contact_key, payload_hash, source_hash, confirmed_at) VALUES (?, ?, ?, ?, ?)"
 )
+_SQLITE_ADOPT = (
+    "UPDATE dengage_contact_ledger SET source_hash = ? WHERE account = ? AND contact_key = ? "
+    "AND payload_hash = ?"
+)
+_SQLITE_FORGET = "DELETE FROM dengage_contact_ledger WHERE account = ? AND contact_key = ?"
+#: Added to ledgers created before source hashes existed; their rows keep NULL there and
+#: are compared by payload hash until they are next confirmed.
+_ADD_SOURCE_HASH = "ALTER TABLE dengage_contact_ledger ADD COLUMN source_hash VARCHAR(32)"
 
 
 def default_ledger_url(account: str) -> str:
@@ -46,116 +73,301 @@ def default_ledger_url(account: str) -> str:
     return f"sqlite:///{Path(data) / 'target-dengage' / f'ledger-{name}.sqlite'}"
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    """WAL lets a reader (``target-dengage-ledger info``) run beside a load, and NORMAL
-    sync drops an fsync per transaction: a power cut may lose the newest entries, which
-    only means those contacts are sent once more; it never records an unconfirmed one."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def open_ledger(url: str, account: str) -> Ledger:
+    """The standard library for a plain SQLite file URL, SQLAlchemy for everything else."""
+    path = _sqlite_file(url)
+    if path is not None:
+        return SqliteLedger(url, account, path)
+    return SqlAlchemyLedger(url, account)
 
 
-_LOOKUP = sa.select(_ledger.c.contact_key, _ledger.c.payload_hash, _ledger.c.confirmed_at).where(
-    _ledger.c.account == sa.bindparam("account"),
-    _ledger.c.contact_key.in_(sa.bindparam("keys", expanding=True)),
-)
-_FORGET = _ledger.delete().where(
-    _ledger.c.account == sa.bindparam("account"),
-    _ledger.c.contact_key.in_(sa.bindparam("keys", expanding=True)),
-)
-
-
-_SQLITE_PUT = (
-    "INSERT OR REPLACE INTO dengage_contact_ledger "
-    "(account, contact_key, payload_hash, confirmed_at) VALUES (?, ?, ?, ?)"
-)
-_SQLITE_FORGET = "DELETE FROM dengage_contact_ledger WHERE account = ? AND contact_key = ?"
+def _sqlite_file(url: str) -> Path | None:
+    """The file of ``sqlite:///relative`` or ``sqlite:////absolute`` (as SQLAlchemy reads
+    them), or None for any URL the standard library should not interpret itself."""
+    if not url.startswith("sqlite:///") or "?" in url:
+        return None
+    path = url.removeprefix("sqlite:///")
+    if path in ("", ":memory:"):
+        return None
+    return Path(path).expanduser()
 
 
 class Ledger:
     """One account's view of the ledger table, over one connection kept for the run.
 
-    The statements are built once with expanding parameters, so SQLAlchemy compiles them
-    once: a lookup of a thousand keys is one round trip of about a millisecond or three.
+    The connection lives on a thread of its own, and every call goes through it: a lookup
+    can then run while the record loop goes on reading (SQLite and the network drivers
+    release the GIL while they work), and the connection is only ever used by one thread.
     """
 
     def __init__(self, url: str, account: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
-                parents=True, exist_ok=True
-            )
         self.url = url
         self.account = account
-        self._engine = sa.create_engine(url)
-        if self._engine.dialect.name == "sqlite":
-            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        _metadata.create_all(self._engine, checkfirst=True)
-        self._connection = self._engine.connect()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._closed = False
+        try:
+            self._worker.submit(self._open).result()
+        except BaseException:
+            self._worker.shutdown()
+            raise
+
+    def lookup_later(self, keys: Sequence[str]) -> Future[dict[str, Entry]]:
+        """``contact_key → entry`` for the keys the ledger knows, when it is ready."""
+        return self._worker.submit(self._lookup, keys)
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.lookup_later(keys).result()
+
+    def record(self, confirmed: Confirmed, renamed: Iterable[str] = ()) -> None:
+        """Write confirmed hashes (and drop renamed-away keys) in one transaction."""
+        self._worker.submit(self._record, confirmed, list(renamed)).result()
+
+    def adopt_sources(self, sources: Mapping[str, tuple[str, str]]) -> None:
+        """Set the source hash of entries whose payload hash is still the one given: that
+        text maps to what D·engage already confirmed (e.g. a ledger written before source
+        hashes existed, or a tap that now writes its JSON differently)."""
+        self._worker.submit(self._adopt, sources).result()
 
     def close(self) -> None:
-        self._connection.close()
-        self._engine.dispose()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._worker.submit(self._close).result()
+        finally:
+            self._worker.shutdown()
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
-        """``contact_key → (payload_hash, confirmed_at)`` for the keys the ledger knows."""
-        found: dict[str, tuple[str, float]] = {}
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+        raise NotImplementedError
+
+    def _record(self, confirmed: Confirmed, renamed: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteLedger(Ledger):
+    """The default ledger. WAL lets a reader (``target-dengage-ledger info``) run beside a
+    load, and NORMAL sync drops an fsync per transaction: a power cut may lose the newest
+    entries, which only means those contacts are sent once more; it never records an
+    unconfirmed one."""
+
+    def __init__(self, url: str, account: str, path: Path) -> None:
+        self._path = path
+        super().__init__(url, account)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: reads hold no transaction open; writes open one explicitly.
+        self._db = db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SQLITE_TABLE)
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
+        if "source_hash" not in columns:
+            try:
+                db.execute(_ADD_SOURCE_HASH)
+            except sqlite3.OperationalError as exc:  # another run added it first
+                if "duplicate column" not in str(exc):
+                    raise
+        try:
+            db.execute("SELECT json_group_array(json_array(1, 'a', NULL, 1.5))")
+            self._as_json = True
+        except sqlite3.OperationalError:  # an SQLite built without its JSON functions
+            self._as_json = False
+
+    @staticmethod
+    @functools.cache
+    def _lookup_sql(size: int, as_json: bool) -> str:
+        """One statement per chunk size (the driver caches its prepared form). As JSON, the
+        answer is one row: SQLite does all the work in one step, without the GIL."""
+        marks = ",".join("?" * size)
+        columns = "contact_key, payload_hash, source_hash, confirmed_at"
+        if as_json:
+            columns = f"json_group_array(json_array({columns}))"
+        return (
+            f"SELECT {columns} FROM dengage_contact_ledger "  # noqa: S608
+            f"WHERE account = ? AND contact_key IN ({marks})"
+        )
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        execute = self._db.execute
+        as_json = self._as_json
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
+            answer = execute(self._lookup_sql(len(chunk), as_json), (self.account, *chunk))
+            rows: Iterable[Entry] = _ENTRIES.decode(answer.fetchone()[0]) if as_json else answer
+            for row in rows:
+                found[row[0]] = row
+        return found
+
+    def _record(self, confirmed: Confirmed, renamed: Sequence[str]) -> None:
+        now = time.time()
+        account = self.account
+        self._write(
+            (_SQLITE_FORGET, [(account, key) for key in renamed]),
+            (
+                _SQLITE_PUT,
+                [(account, k, digest, source, now) for k, (digest, source) in confirmed.items()],
+            ),
+        )
+
+    def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
+        account = self.account
+        self._write(
+            (_SQLITE_ADOPT, [(src, account, k, digest) for k, (digest, src) in sources.items()])
+        )
+
+    def _write(self, *statements: tuple[str, list[tuple[object, ...]]]) -> None:
+        """One transaction; the driver's own executemany."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for sql, rows in statements:
+                if rows:
+                    db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _close(self) -> None:
+        self._db.close()
+
+
+@functools.cache
+def _schema() -> tuple[sa.MetaData, sa.Table]:
+    """The table as SQLAlchemy sees it (imported only when a non-SQLite ledger is used)."""
+    import sqlalchemy as sa
+
+    metadata = sa.MetaData()
+    table = sa.Table(
+        TABLE,
+        metadata,
+        sa.Column("account", sa.String(512), primary_key=True),
+        sa.Column("contact_key", sa.String(255), primary_key=True),
+        sa.Column("payload_hash", sa.String(32), nullable=False),
+        sa.Column("confirmed_at", sa.Float, nullable=False),
+        sa.Column("source_hash", sa.String(32), nullable=True),
+    )
+    return metadata, table
+
+
+class SqlAlchemyLedger(Ledger):
+    """A ledger in any database SQLAlchemy speaks to, e.g. a PostgreSQL shared by a team.
+
+    The statements are built once with expanding parameters, so SQLAlchemy compiles them
+    once: a lookup of a thousand keys is one round trip.
+    """
+
+    def _open(self) -> None:
+        import sqlalchemy as sa
+
+        metadata, table = _schema()
+        self._table = table
+        self._engine = sa.create_engine(self.url)
+        metadata.create_all(self._engine, checkfirst=True)
+        columns = sa.inspect(self._engine).get_columns(TABLE)
+        if "source_hash" not in {c["name"] for c in columns}:
+            clause = " IF NOT EXISTS" if self._engine.dialect.name == "postgresql" else ""
+            with self._engine.begin() as connection:
+                connection.exec_driver_sql(
+                    _ADD_SOURCE_HASH.replace(" ADD COLUMN", f" ADD COLUMN{clause}")
+                )
+        self._connection = self._engine.connect()
+        keys: sa.BindParameter[list[str]] = sa.bindparam("keys", expanding=True)
+        account_is = table.c.account == sa.bindparam("account")
+        self._select = sa.select(
+            table.c.contact_key, table.c.payload_hash, table.c.source_hash, table.c.confirmed_at
+        ).where(account_is, table.c.contact_key.in_(keys))
+        self._forget = table.delete().where(account_is, table.c.contact_key.in_(keys))
+        self._adopt_statement = (
+            table.update()
+            .where(
+                table.c.account == sa.bindparam("b_account"),
+                table.c.contact_key == sa.bindparam("b_key"),
+                table.c.payload_hash == sa.bindparam("b_digest"),
+            )
+            .values(source_hash=sa.bindparam("b_source"))
+        )
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
         connection = self._connection
         try:
             for start in range(0, len(keys), LOOKUP_CHUNK):
-                chunk = list(set(keys[start : start + LOOKUP_CHUNK]))
-                params = {"account": self.account, "keys": chunk}
-                for key, digest, confirmed_at in connection.execute(_LOOKUP, params):
-                    found[key] = (digest, confirmed_at)
+                chunk = list(keys[start : start + LOOKUP_CHUNK])
+                for row in connection.execute(
+                    self._select, {"account": self.account, "keys": chunk}
+                ):
+                    found[row[0]] = tuple(row)
         finally:
             connection.rollback()  # end the read; nothing is held open between lookups
         return found
 
-    def record(self, entries: Mapping[str, str], renamed: Iterable[str] = ()) -> None:
-        """Write confirmed payloads (and drop renamed-away keys) in one transaction."""
+    def _record(self, confirmed: Confirmed, renamed: Sequence[str]) -> None:
         now = time.time()
         connection = self._connection
+        gone = [*confirmed, *renamed]
         with connection.begin():
-            if self._engine.dialect.name == "sqlite":
-                # The default ledger: the driver's own executemany, twice as fast as Core's.
-                dropped = [(self.account, k) for k in renamed]
-                if dropped:
-                    connection.exec_driver_sql(_SQLITE_FORGET, dropped)
-                if entries:
-                    connection.exec_driver_sql(
-                        _SQLITE_PUT, [(self.account, k, d, now) for k, d in entries.items()]
-                    )
-                return
-            gone = [*entries, *renamed]
             for start in range(0, len(gone), LOOKUP_CHUNK):
                 connection.execute(
-                    _FORGET, {"account": self.account, "keys": gone[start : start + LOOKUP_CHUNK]}
+                    self._forget,
+                    {"account": self.account, "keys": gone[start : start + LOOKUP_CHUNK]},
                 )
-            if entries:
+            if confirmed:
                 connection.execute(
-                    _ledger.insert(),
+                    self._table.insert(),
                     [
                         {
                             "account": self.account,
                             "contact_key": key,
                             "payload_hash": digest,
+                            "source_hash": source,
                             "confirmed_at": now,
                         }
-                        for key, digest in entries.items()
+                        for key, (digest, source) in confirmed.items()
                     ],
                 )
 
+    def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
+        with self._connection.begin():
+            self._connection.execute(
+                self._adopt_statement,
+                [
+                    {"b_account": self.account, "b_key": k, "b_digest": d, "b_source": s}
+                    for k, (d, s) in sources.items()
+                ],
+            )
+
+    def _close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
 
 def _accounts(engine: sa.Engine) -> Iterator[tuple[str, int, float]]:
-    query = sa.select(
-        _ledger.c.account, sa.func.count(), sa.func.max(_ledger.c.confirmed_at)
-    ).group_by(_ledger.c.account)
+    import sqlalchemy as sa
+
+    _, table = _schema()
+    query = sa.select(table.c.account, sa.func.count(), sa.func.max(table.c.confirmed_at)).group_by(
+        table.c.account
+    )
     with engine.connect() as connection:
         yield from connection.execute(query).tuples()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``target-dengage-ledger``: see how big the ledger is, or reset it."""
+    import sqlalchemy as sa
+
     parser = argparse.ArgumentParser(
         prog="target-dengage-ledger",
         description="Inspect or reset target-dengage's change-detection ledger.",
@@ -182,9 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             config.get("access_token"),
         )
         url = config.get("ledger_url") or default_ledger_url(account)
+    # Opened as a load opens it: made, or brought up to date, the same way.
+    open_ledger(url, "").close()
+    _, table = _schema()
     engine = sa.create_engine(url, future=True)
     try:
-        _metadata.create_all(engine, checkfirst=True)
         if args.command == "info":
             rows = list(_accounts(engine))
             print(f"ledger: {engine.url.render_as_string(hide_password=True)}")
@@ -195,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {account}: {count} contacts, newest confirmed {stamp} UTC")
             return 0
         with engine.begin() as connection:
-            statement = _ledger.delete()
+            statement = table.delete()
             if not args.all:
-                statement = statement.where(_ledger.c.account == args.account)
+                statement = statement.where(table.c.account == args.account)
             removed = connection.execute(statement).rowcount
         print(f"removed {removed} entries", file=sys.stderr)
         return 0

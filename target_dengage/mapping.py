@@ -501,6 +501,57 @@ def payload_hash(row: Mapping[str, Value]) -> str:
     return hashlib.blake2b(_SORTED_JSON.encode(content), digest_size=16).hexdigest()
 
 
+#: Part of every source hash: bump it when a change to the rules above would map the same
+#: record text to another row. Source hashes recorded before then stop matching, and those
+#: contacts are compared by their mapped payload once, as if they had changed.
+SOURCE_RULES_VERSION = 1
+
+
+def raw_identity(plan: StreamPlan) -> Callable[[msgspec.Raw], tuple[str, str] | None]:
+    """Read a record's contact key straight from its JSON text, without decoding the rest,
+    and hash the text: ``(contact_key, source_hash)``.
+
+    The key is exactly what :func:`build_row` would make of it; whenever that is not plain
+    (text that needs trimming, a number too long, no key, not an object) the answer is None
+    and the record takes the full path, which maps it or explains what is wrong.
+
+    Equal text under an equal plan maps to an equal row, so a record whose text D·engage
+    already confirmed is recognised without being mapped. The plan (which property feeds
+    which column, by which rule) personalises the hash: change the mapping and no text
+    matches until it has been compared by payload again.
+    """
+    described = [SOURCE_RULES_VERSION, [[s, c, f.__name__] for s, c, f in plan.steps]]
+    person = hashlib.blake2b(json.dumps(described).encode(), digest_size=16).digest()
+    blake2b = hashlib.blake2b
+    shape = msgspec.defstruct(
+        "KeyOnly", [("key", object, msgspec.field(default=None, name=plan.key_source))]
+    )
+    decode = msgspec.json.Decoder(shape).decode
+    error = msgspec.DecodeError
+
+    def identify(raw: msgspec.Raw) -> tuple[str, str] | None:
+        try:
+            key = decode(raw).key  # type: ignore[attr-defined]
+        except error:
+            return None
+        if type(key) is str:
+            if not (
+                0 < len(key) <= CONTACT_KEY_MAX
+                and key.isascii()
+                and not key[0].isspace()
+                and not key[-1].isspace()
+                and "\x00" not in key
+            ):
+                return None
+        elif type(key) is int and -(10**18) < key < 10**18:
+            key = str(key)
+        else:
+            return None
+        return key, blake2b(raw, digest_size=16, person=person).hexdigest()
+
+    return identify
+
+
 def mask(value: object) -> str:
     """Hide personal data in log lines while keeping enough to recognise it.
 

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import decimal
 import typing as t
 
+import msgspec
 from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
 
 from target_dengage.batcher import Pending
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
-from target_dengage.mapping import CONTACT_KEY, StreamConfigError, plan_stream
+from target_dengage.mapping import (
+    CONTACT_KEY,
+    StreamConfigError,
+    plan_stream,
+    raw_identity,
+)
 
 if t.TYPE_CHECKING:
     from target_dengage.target import TargetDengage
 
+#: Decodes a record's JSON text as the SDK's reader would (floats become ``Decimal``).
+_DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
+#: How often (a power of two, minus one) the record loop does its periodic work.
+AGE_CHECK_EVERY = 255
 #: Invalid records spelled out in the log before the rest go only to the rejected file.
 REJECTIONS_LOGGED = 20
 
@@ -33,6 +44,7 @@ class DengageSink(BatchSink):
         super().__init__(target, stream_name, schema, key_properties)
         self._dengage = target
         self._batcher = target.batcher
+        self._stats = target.batcher.stats
         self._record_number = 0
         try:
             self._plan = plan_stream(
@@ -47,6 +59,8 @@ class DengageSink(BatchSink):
             raise InvalidInputError(str(exc)) from None
         plan = self._plan
         self._build = plan.build
+        self._identify = raw_identity(plan)
+        self._untallied = 0
         if plan.key_inferred:
             self.logger.info(
                 "Stream '%s' has no contact_key column; using its key property '%s' as "
@@ -107,15 +121,52 @@ class DengageSink(BatchSink):
 
     def process_record(self, record: dict[str, t.Any], context: dict[str, t.Any]) -> None:
         self._record_number += 1
-        row, problems = self._build(record)
-        pending = Pending(
-            row, self.stream_name, self._record_number, record, self._dengage.record_seq
-        )
         batcher = self._batcher
         batcher.stats.records_read += 1
-        if problems is None:
+        pending = self._take(record, self._record_number, self._dengage.record_seq)
+        if pending is not None:
             batcher.add(pending)
-            return
+
+    def take_raw(self, raw: msgspec.Raw) -> bool:
+        """Change detection's short path, in place of the SDK's record loop, for a record
+        still in its JSON text: read only its contact key and hash the text; the ledger
+        lookup decides whether it is decoded and mapped at all. False: the key is not
+        plain, so the record takes the full path."""
+        identity = self._identify(raw)
+        if identity is None:
+            return False
+        target = self._dengage
+        seq = target.record_seq = target.record_seq + 1
+        self._record_number += 1
+        self._untallied += 1
+        self._stats.records_read += 1
+        self._batcher.add_unmapped(identity, raw, seq, self._record_number, self._materialize)
+        if not seq & AGE_CHECK_EVERY:
+            self.sync_counts()
+            target.every_few_records()
+        return True
+
+    def sync_counts(self) -> None:
+        """Bring the SDK's counts (records read, the record_count metric) up to date with
+        the records :meth:`take_raw` took: once per few hundred records, not per record,
+        and before anything reads them (the drain at the end)."""
+        if self._untallied:
+            self.tally_record_read(self._untallied)
+            self.record_counter_metric.increment(self._untallied)
+            self._untallied = 0
+
+    def _materialize(self, raw: msgspec.Raw, number: int, seq: int) -> Pending | None:
+        """Decode and map a record that :meth:`take_raw` took, once it has to be sent."""
+        return self._take(_DECODER.decode(raw), number, seq)
+
+    def _take(self, record: dict[str, t.Any], number: int, seq: int) -> Pending | None:
+        """Map one record: the contact to send, or None when it is invalid and set aside
+        (with stop_on_error, an invalid record ends the run here)."""
+        row, problems = self._build(record)
+        pending = Pending(row, self.stream_name, number, record, seq)
+        if problems is None:
+            return pending
+        batcher = self._batcher
         stop = self._dengage.config["stop_on_error"]
         message = batcher.reject_locally(pending, problems, fatal=stop)
         if stop:
@@ -135,6 +186,7 @@ class DengageSink(BatchSink):
             self.logger.warning(
                 "More invalid records are being set aside; the rejected file lists them all."
             )
+        return None
 
     def process_batch(self, context: dict[str, t.Any]) -> None:
         """Called by the SDK's drain at end of input: send what is left, confirmed."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import decimal
 import ipaddress
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -42,7 +44,7 @@ from target_dengage.report import (
     summary_json,
     summary_text,
 )
-from target_dengage.sinks import DengageSink
+from target_dengage.sinks import AGE_CHECK_EVERY, DengageSink
 from target_dengage.statefiles import write_json_atomic
 
 if t.TYPE_CHECKING:
@@ -54,8 +56,6 @@ API_MAX_BATCH = 1000
 _DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
 #: DengageSink.process_record keeps no per-batch context (the batcher holds the records).
 _NO_CONTEXT: dict[str, t.Any] = {}
-#: The age and poll checks run once every this many records (a power of two, minus one).
-AGE_CHECK_EVERY = 255
 #: STATEs held back at most; beyond it the newest replaces the last one held.
 MAX_HELD_STATES = 1000
 
@@ -70,13 +70,31 @@ REGIONAL_HOSTS = (
 )
 
 
+class _Envelope(msgspec.Struct):
+    """A message with its record left as JSON text (see ``LineNumberedReader.raw_records``)."""
+
+    type: str
+    stream: str = ""
+    record: msgspec.Raw = msgspec.Raw(b"")
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
 class LineNumberedReader(SingerReader):
     """The SDK's reader loop, leaner: msgspec decodes each line (several times faster than
     the standard library; floats still become ``Decimal``, as in the SDK's reader), the
     ``type`` check is done once, and malformed input is named by its line number without
-    echoing it (a line may hold a whole contact)."""
+    echoing it (a line may hold a whole contact). Standard input is read as bytes: msgspec
+    checks the UTF-8 itself, so nothing is decoded twice."""
 
     line_number = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Streams whose records may be taken as JSON text (change detection's short path):
+        #: stream → a function that takes a record's text, or returns False to decline it.
+        self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
 
     def process_lines(
         self,
@@ -84,9 +102,25 @@ class LineNumberedReader(SingerReader):
         callbacks: dict[str, t.Callable[[dict[str, t.Any]], None]],
     ) -> t.Counter[str]:
         stats: t.Counter[str] = Counter()
-        decode = self.deserialize_json
-        for line in file_input or self.default_input:
-            self._current_message = line
+        decode = self._decode
+        raw_records = self.raw_records
+        envelope = _ENVELOPE.decode
+        not_read = msgspec.DecodeError
+        short = 0
+        lines: t.IO[str] | t.IO[bytes] = file_input or sys.stdin.buffer
+        for line in lines:
+            self.line_number += 1
+            if raw_records:
+                try:
+                    outline = envelope(line)
+                except not_read:
+                    pass  # decoded again below, which names what is wrong
+                else:
+                    if outline.type == "RECORD":
+                        take = raw_records.get(outline.stream)
+                        if take is not None and take(outline.record):
+                            short += 1
+                            continue
             message = decode(line)
             kind = message["type"]
             callback = callbacks.get(kind)
@@ -95,10 +129,14 @@ class LineNumberedReader(SingerReader):
             else:
                 callback(message)
             stats[kind] += 1
+        stats["RECORD"] += short
         return stats
 
     def deserialize_json(self, line: str) -> dict[str, t.Any]:
         self.line_number += 1
+        return self._decode(line)
+
+    def _decode(self, line: str | bytes) -> dict[str, t.Any]:
         try:
             message = _DECODER.decode(line)
         except msgspec.DecodeError as exc:
@@ -414,10 +452,11 @@ class TargetDengage(Target):
         )
         self._ledger: Ledger | None = None
         if config["change_detection"]:
-            # Imported here: SQLAlchemy costs a tenth of a second to import.
-            from target_dengage.ledger import Ledger, default_ledger_url
+            from target_dengage.ledger import default_ledger_url, open_ledger
 
-            self._ledger = Ledger(config.get("ledger_url") or default_ledger_url(account), account)
+            self._ledger = open_ledger(
+                config.get("ledger_url") or default_ledger_url(account), account
+            )
         self.batcher = ContactBatcher(
             self.client,
             self._rejects,
@@ -499,7 +538,12 @@ class TargetDengage(Target):
             )
         super()._process_schema_message(message_dict)
         stream = message_dict["stream"]
-        self._direct[stream] = self._direct_sink(stream)
+        sink = self._direct[stream] = self._direct_sink(stream)
+        raw_records = t.cast("LineNumberedReader", self.message_reader).raw_records
+        if sink is not None and self._ledger is not None:
+            raw_records[stream] = sink.take_raw
+        else:
+            raw_records.pop(stream, None)
 
     def _direct_sink(self, stream: str) -> DengageSink | None:
         """The sink a stream's records can go to straight, when the SDK's generic steps would
@@ -576,12 +620,15 @@ class TargetDengage(Target):
             self._printed_state = line
 
     def _handle_max_record_age(self) -> None:
-        """Runs after every record. Polls async jobs that are due. And instead of the SDK's
-        drain of everything every 5 minutes (which would send part-full requests of every
-        column set), sends only the buckets that keep the newest STATE from being printed,
-        once the oldest held STATE is that old."""
-        if self.record_seq & AGE_CHECK_EVERY:
-            return
+        """Runs after every record; the work is done once every few hundred."""
+        if not self.record_seq & AGE_CHECK_EVERY:
+            self.every_few_records()
+
+    def every_few_records(self) -> None:
+        """Polls async jobs that are due. And instead of the SDK's drain of everything every
+        5 minutes (which would send part-full requests of every column set), sends only the
+        buckets that keep the newest STATE from being printed, once the oldest held STATE is
+        that old."""
         self.batcher.poll()
         held = self._held_states
         if held and time.monotonic() - held[0][1] > self._MAX_RECORD_AGE_IN_MINUTES * 60:
@@ -589,6 +636,9 @@ class TargetDengage(Target):
             self._print_confirmed_state()
 
     def process_endofpipe(self) -> None:
+        for sink in (*self._sinks_active.values(), *self._sinks_to_clear):
+            if isinstance(sink, DengageSink):
+                sink.sync_counts()  # before the drain reads them
         try:
             super().process_endofpipe()
         finally:
@@ -673,7 +723,7 @@ class TargetDengage(Target):
         file_input: t.IO[str] | None = None,
     ) -> None:
         """The SDK's invoke, plus: our own errors as one clear line (not a traceback), a
-        non-zero exit, and the run summary however the run ends."""
+        non-zero exit, the run summary however the run ends, and a quick exit."""
         super(Target, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
         config = config or _ConfigInput()
@@ -683,7 +733,7 @@ class TargetDengage(Target):
             target.listen(file_input)
         except UnicodeDecodeError:
             line = t.cast("LineNumberedReader", target.message_reader).line_number
-            message = f"Input after line {line} is not valid UTF-8 text."
+            message = f"Input line {line} is not valid UTF-8 text."
         except (
             DengageError,
             InvalidInputLine,
@@ -696,10 +746,24 @@ class TargetDengage(Target):
             raise
         else:
             target.close(error=None)
-            return
+            _exit_now(0)
         cls.logger.error("%s", message)
         target.close(error=message)
-        sys.exit(1)
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> t.NoReturn:
+    """End the process without the interpreter's teardown, which costs a tenth of a second
+    or more once the SDK is loaded, on every run. Everything the run writes is closed by
+    now (STATE is flushed as printed; the ledger, journal, rejected and summary files are
+    closed); only the log handlers and the standard streams may hold buffered text."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            code = code or 1
+    os._exit(code)
 
 
 def _ending(exc: BaseException) -> str:
