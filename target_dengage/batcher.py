@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import typing as t
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ Materialize = Callable[[msgspec.Raw, int, int], "Pending | None"]
 #: A record taken as JSON text: (contact key, source hash), text, sequence and record
 #: numbers, and how to map it.
 Unmapped = tuple[tuple[str, str], msgspec.Raw, int, int, Materialize]
+#: Ledger lookups out at once (change detection): enough that the record loop never waits
+#: for one, while each holds a request's worth of records.
+LOOKUPS_IN_FLIGHT = 2
 #: How many individual API errors or warnings are spelled out in the log per request.
 ISSUES_LOGGED_PER_REQUEST = 5
 
@@ -165,9 +169,9 @@ class ContactBatcher:
         )
         #: Valid records waiting for one batched ledger lookup (change detection only).
         self._lookups: list[Pending | Unmapped] = []
-        #: The lookup sent to the ledger's thread and not yet resolved (records before those
-        #: in ``_lookups``).
-        self._flight: _Flight | None = None
+        #: Lookups sent to the ledger's thread and not yet resolved, oldest first (their
+        #: records came before those in ``_lookups``).
+        self._flights: deque[_Flight] = deque()
         self._buckets: dict[tuple[str, ...], _Bucket] = {}
         self._where: dict[str, tuple[str, ...]] = {}
         self._column_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -196,7 +200,7 @@ class ContactBatcher:
         lowest = self._blocked_seq
         if self.jobs is not None:
             lowest = min(lowest, self.jobs.min_seq)
-        waiting = self._flight.entries if self._flight is not None else self._lookups
+        waiting = self._flights[0].entries if self._flights else self._lookups
         if waiting:
             first = waiting[0]
             lowest = min(lowest, first[2] if isinstance(first, tuple) else first.seq)
@@ -229,24 +233,24 @@ class ContactBatcher:
             self._look_up_later()
 
     def _look_up_later(self) -> None:
-        """Send the waiting records' lookup to the ledger's thread and go on reading; the
-        lookup sent before this one is resolved first, so records resolve in order."""
+        """Send the waiting records' lookup to the ledger's thread and go on reading. At
+        most ``LOOKUPS_IN_FLIGHT`` are out at once; they resolve in the order sent."""
         assert self._ledger is not None
-        self._land()
+        if len(self._flights) >= LOOKUPS_IN_FLIGHT:
+            self._land()
         entries, self._lookups = self._lookups, []
-        self._flight = _Flight(entries, self._ledger.lookup_later(_keys(entries)))
+        self._flights.append(_Flight(entries, self._ledger.lookup_later(_keys(entries))))
 
     def _land(self) -> None:
-        """Resolve the lookup in flight, if any."""
-        flight = self._flight
-        if flight is not None:
-            self._flight = None
-            self._resolve(flight.entries, flight.answer.result(), flight.written)
+        """Resolve the oldest lookup in flight."""
+        flight = self._flights.popleft()
+        self._resolve(flight.entries, flight.answer.result(), flight.written)
 
     def _resolve_lookups(self) -> None:
         """Resolve every record waiting for the ledger, now."""
         assert self._ledger is not None
-        self._land()
+        while self._flights:
+            self._land()
         entries, self._lookups = self._lookups, []
         if entries:
             self._resolve(entries, self._ledger.lookup(_keys(entries)), ())
@@ -513,8 +517,8 @@ class ContactBatcher:
                 renamed.append(key)
                 entries[str(new_key)] = (digest, None)
         self._ledger.record(entries, renamed)
-        if self._flight is not None:
-            self._flight.written.update(entries, renamed)
+        for flight in self._flights:
+            flight.written.update(entries, renamed)
 
     def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
         rejected = self._record_outcome(job.group, outcome)

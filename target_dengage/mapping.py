@@ -419,28 +419,41 @@ def _problem(
 
 #: Inline checks that settle the usual value of a column kind without a function call; any
 #: other value goes to the column's coercer, which returns exactly what these accept as is.
-_FAST_PATHS: Mapping[str, str] = {
+_FAST_PATHS: Mapping[str, tuple[str, str]] = {
     "key": (
         "type(v) is str and 0 < len(v) <= {key_max} and v.isascii() and not v[0].isspace()"
-        ' and not v[-1].isspace() and "\\x00" not in v'
+        ' and not v[-1].isspace() and "\\x00" not in v',
+        "v",
     ),
     "text100": (
-        'type(v) is str and 0 < len(v) <= {text_max} and v.isascii() and "\\x00" not in v'
-        " and not v.isspace()"
+        'type(v) is str and 0 < len(v) <= {text_max} and "\\x00" not in v'
+        " and not v.isspace() and (v.isascii() or _encodes(v))",
+        "v",
     ),
     "custom": (
-        'type(v) is str and 0 < len(v) <= {custom_max} and v.isascii() and "\\x00" not in v'
-        " and not v.isspace()"
+        'type(v) is str and 0 < len(v) <= {custom_max} and "\\x00" not in v'
+        " and not v.isspace() and (v.isascii() or _encodes(v))",
+        "v",
     ),
-    "boolean": "v is True or v is False",
-    "status": 'v == "A" or v == "P"',
+    "email": (
+        'type(v) is str and v.isascii() and "\\x00" not in v'
+        " and 0 < len(t := v.strip().lower()) <= {email_max} and _email_match(t)",
+        "t",
+    ),
+    "gsm": (
+        "type(v) is str and (t := v.translate(_gsm_separators)).isdigit() and t.isascii()"
+        " and len(t) <= {gsm_max}",
+        "t",
+    ),
+    "boolean": ("v is True or v is False", "v"),
+    "status": ('v == "A" or v == "P"', "v"),
 }
 
 _STEP = """
     v = get({source!r})
     if v is not None:
         if {fast}:
-            row[{column!r}] = v
+            row[{column!r}] = {value}
         elif {numeric_key} and type(v) is int and -{int_max} < v < {int_max}:
             row[{column!r}] = str(v)
         else:
@@ -453,22 +466,38 @@ _STEP = """
 """
 
 
+def _encodes(text: str) -> bool:
+    """Whether text can be sent as UTF-8 (no unpaired surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _compile(plan: StreamPlan) -> Callable[[Mapping[str, object]], Built]:
     """Turn a plan into one straight-line function: no loop over steps, and the usual value
     of most columns checked inline. Names are embedded with ``repr``, so any property name is
     safe in the generated source."""
     kinds = {coerce: kind for kind, coerce in _COERCERS.items()}
-    limits = {"key_max": CONTACT_KEY_MAX, "text_max": TEXT_MAX, "custom_max": CUSTOM_MAX}
+    limits = {
+        "key_max": CONTACT_KEY_MAX,
+        "text_max": TEXT_MAX,
+        "custom_max": CUSTOM_MAX,
+        "email_max": EMAIL_MAX,
+        "gsm_max": GSM_MAX,
+    }
     lines = ["def build(record):", "    get = record.get", "    row = {}", "    problems = None"]
     for index, (source, column, coercer) in enumerate(plan.steps):
         kind = kinds.get(coercer, "custom" if coercer is coerce_custom else "")
-        fast = _FAST_PATHS.get(kind, "False").format(**limits)
+        fast, value = _FAST_PATHS.get(kind, ("False", "v"))
         lines.append(
             _STEP.format(
                 source=source,
                 column=column,
                 index=index,
-                fast=fast,
+                fast=fast.format(**limits),
+                value=value,
                 numeric_key=kind == "key",
                 int_max=10**18,  # far below the 255-character limit
             )
@@ -489,6 +518,9 @@ def _compile(plan: StreamPlan) -> Callable[[Mapping[str, object]], Built]:
         "InvalidValueError": InvalidValueError,
         "FieldProblem": FieldProblem,
         "_problem": _problem,
+        "_encodes": _encodes,
+        "_email_match": _EMAIL_RE.fullmatch,
+        "_gsm_separators": _GSM_SEPARATORS,
     }
     exec(compile("\n".join(lines), f"<row builder for {plan.stream!r}>", "exec"), namespace)  # noqa: S102
     return namespace["build"]  # type: ignore[return-value]

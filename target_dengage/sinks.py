@@ -127,6 +127,21 @@ class DengageSink(BatchSink):
         if pending is not None:
             batcher.add(pending)
 
+    def take_record(self, record: dict[str, t.Any]) -> None:
+        """The record loop for a stream whose records need none of the SDK's generic steps
+        (see ``TargetDengage._direct_sink``): the hot path of every load."""
+        target = self._dengage
+        seq = target.record_seq = target.record_seq + 1
+        number = self._record_number = self._record_number + 1
+        self._untallied += 1
+        self._stats.records_read += 1
+        pending = self._take(record, number, seq)
+        if pending is not None:
+            self._batcher.add(pending)
+        if not seq & AGE_CHECK_EVERY:
+            self.sync_counts()
+            target.every_few_records()
+
     def take_raw(self, raw: msgspec.Raw) -> bool:
         """Change detection's short path, in place of the SDK's record loop, for a record
         still in its JSON text: read only its contact key and hash the text; the ledger
@@ -137,10 +152,10 @@ class DengageSink(BatchSink):
             return False
         target = self._dengage
         seq = target.record_seq = target.record_seq + 1
-        self._record_number += 1
+        number = self._record_number = self._record_number + 1
         self._untallied += 1
         self._stats.records_read += 1
-        self._batcher.add_unmapped(identity, raw, seq, self._record_number, self._materialize)
+        self._batcher.add_unmapped(identity, raw, seq, number, self._materialize)
         if not seq & AGE_CHECK_EVERY:
             self.sync_counts()
             target.every_few_records()

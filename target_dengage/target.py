@@ -54,8 +54,6 @@ if t.TYPE_CHECKING:
 
 API_MAX_BATCH = 1000
 _DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
-#: DengageSink.process_record keeps no per-batch context (the batcher holds the records).
-_NO_CONTEXT: dict[str, t.Any] = {}
 #: STATEs held back at most; beyond it the newest replaces the last one held.
 MAX_HELD_STATES = 1000
 
@@ -92,8 +90,11 @@ class LineNumberedReader(SingerReader):
 
     def __init__(self) -> None:
         super().__init__()
-        #: Streams whose records may be taken as JSON text (change detection's short path):
-        #: stream → a function that takes a record's text, or returns False to decline it.
+        #: Streams whose records skip the SDK's generic record steps (see
+        #: ``TargetDengage._direct_sink``): stream → the function that takes a record.
+        self.records: dict[str, t.Callable[[dict[str, t.Any]], None]] = {}
+        #: Of those, the streams whose records may be taken as JSON text (change detection's
+        #: short path): stream → a function that takes a record's text, or declines it.
         self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
 
     def process_lines(
@@ -103,10 +104,11 @@ class LineNumberedReader(SingerReader):
     ) -> t.Counter[str]:
         stats: t.Counter[str] = Counter()
         decode = self._decode
+        records = self.records
         raw_records = self.raw_records
         envelope = _ENVELOPE.decode
         not_read = msgspec.DecodeError
-        short = 0
+        direct = 0
         lines: t.IO[str] | t.IO[bytes] = file_input or sys.stdin.buffer
         for line in lines:
             self.line_number += 1
@@ -119,17 +121,26 @@ class LineNumberedReader(SingerReader):
                     if outline.type == "RECORD":
                         take = raw_records.get(outline.stream)
                         if take is not None and take(outline.record):
-                            short += 1
+                            direct += 1
                             continue
             message = decode(line)
             kind = message["type"]
+            if kind == "RECORD":
+                stream = message.get("stream")
+                record = message.get("record")
+                if type(stream) is str and type(record) is dict:
+                    take_record = records.get(stream)
+                    if take_record is not None:
+                        take_record(record)
+                        direct += 1
+                        continue
             callback = callbacks.get(kind)
             if callback is None:
                 self._process_unknown_message(message)
             else:
                 callback(message)
             stats[kind] += 1
-        stats["RECORD"] += short
+        stats["RECORD"] += direct
         return stats
 
     def deserialize_json(self, line: str) -> dict[str, t.Any]:
@@ -411,7 +422,6 @@ class TargetDengage(Target):
         super().__init__(*args, **kwargs)
         self.max_parallelism = 1
         self.record_seq = 0
-        self._direct: dict[str, DengageSink | None] = {}
         #: STATEs not yet printed, with how many records had arrived before each.
         self._held_states: deque[tuple[int, float, dict[str, t.Any]]] = deque()
         self._printed_state: str | None = None
@@ -538,12 +548,14 @@ class TargetDengage(Target):
             )
         super()._process_schema_message(message_dict)
         stream = message_dict["stream"]
-        sink = self._direct[stream] = self._direct_sink(stream)
-        raw_records = t.cast("LineNumberedReader", self.message_reader).raw_records
-        if sink is not None and self._ledger is not None:
-            raw_records[stream] = sink.take_raw
-        else:
-            raw_records.pop(stream, None)
+        sink = self._direct_sink(stream)
+        reader = t.cast("LineNumberedReader", self.message_reader)
+        reader.records.pop(stream, None)
+        reader.raw_records.pop(stream, None)
+        if sink is not None:
+            reader.records[stream] = sink.take_record
+            if self._ledger is not None:
+                reader.raw_records[stream] = sink.take_raw
 
     def _direct_sink(self, stream: str) -> DengageSink | None:
         """The sink a stream's records can go to straight, when the SDK's generic steps would
@@ -571,16 +583,7 @@ class TargetDengage(Target):
                 "a RECORD message needs a 'stream' (text) and a 'record' (an object)."
             )
         self.record_seq += 1
-        sink = self._direct.get(message_dict["stream"])
-        if sink is None:
-            super()._process_record_message(message_dict)
-            return
-        # The SDK's own loop, minus the steps that do nothing for this stream (see
-        # _direct_sink): this is the hot path of every load.
-        sink.tally_record_read()
-        sink.process_record(message_dict["record"], _NO_CONTEXT)
-        sink.record_counter_metric.increment()
-        self._handle_max_record_age()
+        super()._process_record_message(message_dict)
 
     def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
         super()._process_state_message(message_dict)
