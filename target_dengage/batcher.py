@@ -16,6 +16,7 @@ once the watermark is past N.
 
 from __future__ import annotations
 
+import decimal
 import logging
 import math
 import time
@@ -48,6 +49,23 @@ if TYPE_CHECKING:
 
     from target_dengage.ledger import Entry, Ledger
 
+#: A record as a contact keeps it to explain a rejection: the record itself, its JSON text
+#: (``msgspec.Raw``), or the whole RECORD line it came in (``bytes`` or ``str``). Only the
+#: rare rejected record is decoded again (:func:`whole_record`).
+RecordSource = Mapping[str, Any] | bytes | str | msgspec.Raw
+_DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
+
+
+def whole_record(source: RecordSource) -> Mapping[str, Any]:
+    """The record a contact came from, as the tap sent it."""
+    if isinstance(source, Mapping):
+        return source
+    decoded = _DECODER.decode(source)
+    if isinstance(source, msgspec.Raw):
+        return t.cast("Mapping[str, Any]", decoded)
+    return t.cast("Mapping[str, Any]", decoded["record"])
+
+
 #: Decodes and maps a record taken as JSON text: (text, record number, sequence number).
 Materialize = Callable[[msgspec.Raw, int, int], "Pending | None"]
 #: A record taken as JSON text: (contact key, source hash), text, sequence and record
@@ -67,7 +85,7 @@ class Pending:
     row: dict[str, Value]
     stream: str
     record_number: int
-    record: Mapping[str, Any]
+    record: RecordSource  # see whole_record
     seq: int
     merges: int = 0  # earlier records of the same contact folded into this one
     digest: str | None = None  # the row's ledger hash, once computed
@@ -360,7 +378,8 @@ class ContactBatcher:
     ) -> str:
         """Set aside a record that failed validation; return the message that explains it."""
         first = problems[0]
-        reason = "; ".join(_problem_text(p, pending.record) for p in problems)
+        record = whole_record(pending.record)
+        reason = "; ".join(_problem_text(p, record) for p in problems)
         self.stats.rejected_locally += 1
         self._account(
             [
@@ -371,7 +390,7 @@ class ContactBatcher:
                     "field": first.column,
                     "reason": reason,
                     "source": "validation",
-                    "record": pending.record,
+                    "record": record,
                 }
             ],
             [pending.seq],
@@ -664,7 +683,7 @@ def _api_entry(issue: ItemIssue, pending: Pending | None) -> dict[str, Any]:
         "field": issue.field,
         "reason": issue.message,
         "source": "api",
-        "record": pending.record if pending else None,
+        "record": whole_record(pending.record) if pending else None,
     }
 
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -281,9 +282,20 @@ class StreamPlan:
     platform_dropped: tuple[str, ...] = ()
     key_inferred: bool = False
     build: Callable[[Mapping[str, object]], Built] = field(init=False, repr=False, compare=False)
+    #: The record as a struct of just the properties the steps read (see :func:`record_shape`).
+    shape: type[msgspec.Struct] = field(init=False, repr=False, compare=False)
+    #: :attr:`build` for a record decoded into :attr:`shape`: the same row, the same problems.
+    build_shape: Callable[[msgspec.Struct], Built] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "build", _compile(self))
+        object.__setattr__(self, "build", _compile(self, shaped=False))
+        object.__setattr__(self, "shape", record_shape(self))
+        object.__setattr__(self, "build_shape", _compile(self, shaped=True))
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The properties the steps read, each once, in order."""
+        return tuple(dict.fromkeys(source for source, _, _ in self.steps))
 
 
 @dataclass(frozen=True)
@@ -450,7 +462,7 @@ _FAST_PATHS: Mapping[str, tuple[str, str]] = {
 }
 
 _STEP = """
-    v = get({source!r})
+    v = {read}
     if v is not None:
         if {fast}:
             row[{column!r}] = {value}
@@ -475,10 +487,26 @@ def _encodes(text: str) -> bool:
     return True
 
 
-def _compile(plan: StreamPlan) -> Callable[[Mapping[str, object]], Built]:
+def record_shape(plan: StreamPlan) -> type[msgspec.Struct]:
+    """A struct with one field per property the plan reads (absent or null: None).
+
+    msgspec decodes a record straight into it, skipping every other property without
+    building a value for it: half the cost of decoding the record into a dict.
+    """
+    return msgspec.defstruct(
+        f"Shape_{plan.stream.encode().hex()[:40]}",
+        [
+            (f"p{index}", Any, msgspec.field(default=None, name=source))
+            for index, source in enumerate(plan.sources)
+        ],
+    )
+
+
+def _compile(plan: StreamPlan, *, shaped: bool) -> Callable[[Any], Built]:
     """Turn a plan into one straight-line function: no loop over steps, and the usual value
     of most columns checked inline. Names are embedded with ``repr``, so any property name is
-    safe in the generated source."""
+    safe in the generated source. ``shaped``: the record is a :func:`record_shape` struct,
+    read by attribute, instead of a dict."""
     kinds = {coerce: kind for kind, coerce in _COERCERS.items()}
     limits = {
         "key_max": CONTACT_KEY_MAX,
@@ -487,12 +515,16 @@ def _compile(plan: StreamPlan) -> Callable[[Mapping[str, object]], Built]:
         "email_max": EMAIL_MAX,
         "gsm_max": GSM_MAX,
     }
-    lines = ["def build(record):", "    get = record.get", "    row = {}", "    problems = None"]
+    lines = ["def build(record):", "    row = {}", "    problems = None"]
+    if not shaped:
+        lines.insert(1, "    get = record.get")
+    fields = {source: f"p{index}" for index, source in enumerate(plan.sources)}
     for index, (source, column, coercer) in enumerate(plan.steps):
         kind = kinds.get(coercer, "custom" if coercer is coerce_custom else "")
         fast, value = _FAST_PATHS.get(kind, ("False", "v"))
         lines.append(
             _STEP.format(
+                read=f"record.{fields[source]}" if shaped else f"get({source!r})",
                 source=source,
                 column=column,
                 index=index,

@@ -9,10 +9,11 @@ import msgspec
 from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
 
-from target_dengage.batcher import Pending
+from target_dengage.batcher import Pending, RecordSource
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
 from target_dengage.mapping import (
     CONTACT_KEY,
+    Built,
     StreamConfigError,
     plan_stream,
     raw_identity,
@@ -21,8 +22,6 @@ from target_dengage.mapping import (
 if t.TYPE_CHECKING:
     from target_dengage.target import TargetDengage
 
-#: Decodes a record's JSON text as the SDK's reader would (floats become ``Decimal``).
-_DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
 #: How often (a power of two, minus one) the record loop does its periodic work.
 AGE_CHECK_EVERY = 255
 #: Invalid records spelled out in the log before the rest go only to the rejected file.
@@ -60,6 +59,21 @@ class DengageSink(BatchSink):
         plan = self._plan
         self._build = plan.build
         self._identify = raw_identity(plan)
+        self._build_shape = plan.build_shape
+        self._decode_shape = msgspec.json.Decoder(plan.shape, float_hook=decimal.Decimal).decode
+        #: Decodes a whole RECORD line, its record into the plan's shape (see
+        #: ``LineNumberedReader``).
+        self.decode_line: t.Callable[[bytes | str], t.Any] = msgspec.json.Decoder(
+            msgspec.defstruct(
+                "ShapedRecordMessage",
+                [
+                    ("type", str),
+                    ("stream", str, ""),
+                    ("record", plan.shape, msgspec.field(default_factory=plan.shape)),
+                ],
+            ),
+            float_hook=decimal.Decimal,
+        ).decode
         self._untallied = 0
         if plan.key_inferred:
             self.logger.info(
@@ -123,19 +137,35 @@ class DengageSink(BatchSink):
         self._record_number += 1
         batcher = self._batcher
         batcher.stats.records_read += 1
-        pending = self._take(record, self._record_number, self._dengage.record_seq)
+        number = self._record_number
+        pending = self._admit(self._build(record), record, number, self._dengage.record_seq)
         if pending is not None:
             batcher.add(pending)
 
     def take_record(self, record: dict[str, t.Any]) -> None:
         """The record loop for a stream whose records need none of the SDK's generic steps
-        (see ``TargetDengage._direct_sink``): the hot path of every load."""
+        (see ``TargetDengage._direct_sink``)."""
         target = self._dengage
         seq = target.record_seq = target.record_seq + 1
         number = self._record_number = self._record_number + 1
         self._untallied += 1
         self._stats.records_read += 1
-        pending = self._take(record, number, seq)
+        pending = self._admit(self._build(record), record, number, seq)
+        if pending is not None:
+            self._batcher.add(pending)
+        if not seq & AGE_CHECK_EVERY:
+            self.sync_counts()
+            target.every_few_records()
+
+    def take_shaped(self, record: msgspec.Struct, line: bytes | str) -> None:
+        """:meth:`take_record` for a record that :attr:`decode_line` read into the plan's
+        shape: the hot path of every load. The line is kept for explaining a rejection."""
+        target = self._dengage
+        seq = target.record_seq = target.record_seq + 1
+        number = self._record_number = self._record_number + 1
+        self._untallied += 1
+        self._stats.records_read += 1
+        pending = self._admit(self._build_shape(record), line, number, seq)
         if pending is not None:
             self._batcher.add(pending)
         if not seq & AGE_CHECK_EVERY:
@@ -172,12 +202,12 @@ class DengageSink(BatchSink):
 
     def _materialize(self, raw: msgspec.Raw, number: int, seq: int) -> Pending | None:
         """Decode and map a record that :meth:`take_raw` took, once it has to be sent."""
-        return self._take(_DECODER.decode(raw), number, seq)
+        return self._admit(self._build_shape(self._decode_shape(raw)), raw, number, seq)
 
-    def _take(self, record: dict[str, t.Any], number: int, seq: int) -> Pending | None:
-        """Map one record: the contact to send, or None when it is invalid and set aside
-        (with stop_on_error, an invalid record ends the run here)."""
-        row, problems = self._build(record)
+    def _admit(self, built: Built, record: RecordSource, number: int, seq: int) -> Pending | None:
+        """The contact to send, or None when the record is invalid and set aside (with
+        stop_on_error, an invalid record ends the run here)."""
+        row, problems = built
         pending = Pending(row, self.stream_name, number, record, seq)
         if problems is None:
             return pending

@@ -91,8 +91,8 @@ class LineNumberedReader(SingerReader):
     def __init__(self) -> None:
         super().__init__()
         #: Streams whose records skip the SDK's generic record steps (see
-        #: ``TargetDengage._direct_sink``): stream → the function that takes a record.
-        self.records: dict[str, t.Callable[[dict[str, t.Any]], None]] = {}
+        #: ``TargetDengage._direct_sink``), with the sink that takes them.
+        self.records: dict[str, DengageSink] = {}
         #: Of those, the streams whose records may be taken as JSON text (change detection's
         #: short path): stream → a function that takes a record's text, or declines it.
         self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
@@ -109,6 +109,10 @@ class LineNumberedReader(SingerReader):
         envelope = _ENVELOPE.decode
         not_read = msgspec.DecodeError
         direct = 0
+        # The stream of the last record, whose sink reads the next line first: runs of
+        # records of one stream are decoded straight into the shape its rows are built from.
+        shaped: str | None = None
+        shaper: DengageSink | None = None
         lines: t.IO[str] | t.IO[bytes] = file_input or sys.stdin.buffer
         for line in lines:
             self.line_number += 1
@@ -123,17 +127,30 @@ class LineNumberedReader(SingerReader):
                         if take is not None and take(outline.record):
                             direct += 1
                             continue
+            if shaper is not None:
+                try:
+                    shaped_line = shaper.decode_line(line)
+                except not_read:
+                    pass  # decoded again below, which names what is wrong
+                else:
+                    if shaped_line.type == "RECORD" and shaped_line.stream == shaped:
+                        shaper.take_shaped(shaped_line.record, line)
+                        direct += 1
+                        continue
             message = decode(line)
             kind = message["type"]
             if kind == "RECORD":
                 stream = message.get("stream")
                 record = message.get("record")
                 if type(stream) is str and type(record) is dict:
-                    take_record = records.get(stream)
-                    if take_record is not None:
-                        take_record(record)
+                    sink = records.get(stream)
+                    if sink is not None:
+                        sink.take_record(record)
                         direct += 1
+                        shaped, shaper = stream, sink
                         continue
+            else:
+                shaper = None  # a SCHEMA may replace the sink
             callback = callbacks.get(kind)
             if callback is None:
                 self._process_unknown_message(message)
@@ -553,7 +570,7 @@ class TargetDengage(Target):
         reader.records.pop(stream, None)
         reader.raw_records.pop(stream, None)
         if sink is not None:
-            reader.records[stream] = sink.take_record
+            reader.records[stream] = sink
             if self._ledger is not None:
                 reader.raw_records[stream] = sink.take_raw
 
