@@ -78,9 +78,10 @@ LOOKUPS_IN_FLIGHT = 2
 ISSUES_LOGGED_PER_REQUEST = 5
 
 
-@dataclass(slots=True)
-class Pending:
-    """A contact waiting to be sent, with what is needed to explain a rejection."""
+class Pending(msgspec.Struct, gc=False):
+    """A contact waiting to be sent, with what is needed to explain a rejection. A struct
+    made in C, one per record: a third of the cost of a dataclass. It is never part of a
+    reference cycle, so the garbage collector need not track it."""
 
     row: dict[str, Value]
     stream: str
@@ -336,8 +337,10 @@ class ContactBatcher:
 
     def _queue(self, pending: Pending) -> None:
         """Queue a contact to send; send its bucket as soon as it is full."""
-        key = t.cast("str", pending.row[CONTACT_KEY])  # contact keys are text by then
-        columns = self._column_set(pending.row)
+        row = pending.row
+        key = t.cast("str", row[CONTACT_KEY])  # contact keys are text by then
+        order = tuple(row)
+        columns = self._column_sets.get(order) or self._column_set(row)
         previous = self._where.get(key)
         if previous is not None:
             old_bucket = self._buckets[previous]

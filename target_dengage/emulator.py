@@ -627,11 +627,13 @@ class DengageEmulator:
         content_type: str | None,
         raw: bytes,
         arrived: tuple[float, float],
-    ) -> _Reply:
+    ) -> tuple[_Reply, dict[str, Any] | None]:
+        """The reply, and the request's log entry (its ``finished`` is set again once the
+        reply has been written: the emulator's whole cost lies between the two)."""
         if path.startswith(ADMIN_PREFIX):
-            return self._admin(method, path.removeprefix(ADMIN_PREFIX), raw)
+            return self._admin(method, path.removeprefix(ADMIN_PREFIX), raw), None
         if not path.startswith("/rest/"):
-            return _Reply(404, NOT_FOUND)
+            return _Reply(404, NOT_FOUND), None
         body = _read_json(raw, content_type)
         entry: dict[str, Any] = {
             "method": method,
@@ -671,7 +673,11 @@ class DengageEmulator:
         with self._lock:
             entry["status"] = reply.status
             entry["finished"] = time.time()
-        return reply
+        return reply, entry
+
+    def _written(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            entry["finished"] = time.time()
 
     def _take_fault(self, path: str) -> _Fault | None:
         """Pop one use of the first queued fault matching ``path`` (lock held)."""
@@ -982,13 +988,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         # A call is timed from its arrival, as a server's rate limiter would, not from when
         # its body has been read (which varies with the body's size and the machine's load).
-        arrived = (time.time(), time.monotonic())
+        arrived = self._arrived
         raw = self._read_body()
         if raw is None:
             return
         path = urlsplit(self.path).path
         headers = self.headers
-        reply = self.server.emulator._dispatch(
+        emulator = self.server.emulator
+        reply, entry = emulator._dispatch(
             self.command,
             path,
             headers.get("Authorization"),
@@ -997,6 +1004,13 @@ class _Handler(BaseHTTPRequestHandler):
             arrived,
         )
         self._send(reply)
+        if entry is not None:
+            emulator._written(entry)
+
+    def parse_request(self) -> bool:
+        """Note the arrival as soon as the request line is in, before its headers are read."""
+        self._arrived = (time.time(), time.monotonic())
+        return super().parse_request()
 
     def _read_body(self) -> bytes | None:
         """Read exactly Content-Length bytes so the next request on the connection stays aligned."""

@@ -75,6 +75,8 @@ class DengageSink(BatchSink):
             float_hook=decimal.Decimal,
         ).decode
         self._untallied = 0
+        self._add_unmapped = target.batcher.add_unmapped
+        self._materialize_later = self._materialize  # one bound method, not one per record
         if plan.key_inferred:
             self.logger.info(
                 "Stream '%s' has no contact_key column; using its key property '%s' as "
@@ -165,9 +167,11 @@ class DengageSink(BatchSink):
         number = self._record_number = self._record_number + 1
         self._untallied += 1
         self._stats.records_read += 1
-        pending = self._admit(self._build_shape(record), line, number, seq)
-        if pending is not None:
-            self._batcher.add(pending)
+        row, problems = self._build_shape(record)
+        if problems is None:
+            self._batcher.add(Pending(row, self.stream_name, number, line, seq))
+        else:
+            self._admit((row, problems), line, number, seq)
         if not seq & AGE_CHECK_EVERY:
             self.sync_counts()
             target.every_few_records()
@@ -185,7 +189,7 @@ class DengageSink(BatchSink):
         number = self._record_number = self._record_number + 1
         self._untallied += 1
         self._stats.records_read += 1
-        self._batcher.add_unmapped(identity, raw, seq, number, self._materialize)
+        self._add_unmapped(identity, raw, seq, number, self._materialize_later)
         if not seq & AGE_CHECK_EVERY:
             self.sync_counts()
             target.every_few_records()
