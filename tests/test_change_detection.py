@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -200,3 +201,113 @@ def test_the_ledger_command_shows_and_resets_an_account(
     )
     run = run_target(sqlite_config, _messages(50), tmp_path)
     assert run.summary["contacts"]["sent"] == 50
+
+
+def _ledger_rows(path: Path) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(path) as db:
+        query = "select contact_key, payload_hash, source_hash from dengage_contact_ledger"
+        return {key: (payload, source) for key, payload, source in db.execute(query)}
+
+
+def test_new_text_for_an_unchanged_contact_is_learned_not_sent(
+    emulator: DengageEmulator, sqlite_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A column that is not sent (updated_at) changes in every row: the records' text is
+    new, their payload is not. Nothing is sent, and the ledger learns the new text, so the
+    next run knows those records without mapping them."""
+    properties = ("id", "email", "phone", "first_name", "dob", "updated_at")
+
+    def messages(stamp: str) -> list[dict[str, Any]]:
+        rows = (record(**contact(i), updated_at=stamp) for i in range(1, 1001))
+        return [schema(properties=properties), *rows, state({"at": stamp})]
+
+    ledger = tmp_path / "ledger.sqlite"
+    assert run_target(sqlite_config, messages("2026-11-01"), tmp_path).returncode == 0
+    before = _ledger_rows(ledger)
+    assert len(before) == 1000
+    assert all(source for _, source in before.values())
+
+    second = run_target(sqlite_config, messages("2026-11-02"), tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert len(emulator.bulk_calls()) == 1
+    assert second.summary["contacts"]["unchanged"] == 1000
+    assert second.states == [{"at": "2026-11-02"}]
+    after = _ledger_rows(ledger)
+    assert {k: p for k, (p, _) in after.items()} == {k: p for k, (p, _) in before.items()}
+    assert all(after[k][1] != before[k][1] for k in before)  # the new text, learned
+
+    third = run_target(sqlite_config, messages("2026-11-02"), tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.summary["contacts"]["unchanged"] == 1000
+    assert _ledger_rows(ledger) == after
+
+
+def test_a_ledger_from_before_source_hashes_is_upgraded_in_place(
+    emulator: DengageEmulator, sqlite_config: dict[str, Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.sqlite"
+    assert run_target(sqlite_config, _messages(500), tmp_path).returncode == 0
+    with sqlite3.connect(ledger) as db:  # the table as target-dengage 0.1 made it
+        db.execute("ALTER TABLE dengage_contact_ledger DROP COLUMN source_hash")
+
+    run = run_target(sqlite_config, _messages(500), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(emulator.bulk_calls()) == 1  # compared by payload: nothing sent
+    assert run.summary["contacts"]["unchanged"] == 500
+    assert all(source for _, source in _ledger_rows(ledger).values())
+
+
+def test_a_changed_mapping_is_compared_by_payload_again(
+    emulator: DengageEmulator, sqlite_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Text hashes are tied to the stream's mapping: with another mapping the same text may
+    make another row, so it is compared by payload; the same payload is still not sent."""
+    properties = ("id", "email", "phone", "first_name", "dob", "tier")
+    messages = [schema(properties=properties), *(record(**contact(i)) for i in range(1, 301))]
+    assert run_target(sqlite_config, messages, tmp_path).returncode == 0
+    sources = {k: s for k, (_, s) in _ledger_rows(tmp_path / "ledger.sqlite").items()}
+
+    remapped = {**sqlite_config, "custom_columns": ["tier"]}  # tier is null in every record
+    run = run_target(remapped, messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["contacts"]["unchanged"] == 300
+    assert len(emulator.bulk_calls()) == 1
+    after = {k: s for k, (_, s) in _ledger_rows(tmp_path / "ledger.sqlite").items()}
+    assert all(after[k] != sources[k] for k in sources)
+
+
+def test_keys_that_need_trimming_are_still_recognised(
+    emulator: DengageEmulator, sqlite_config: dict[str, Any], tmp_path: Path
+) -> None:
+    messages = [schema(), *(record(**{**contact(i), "id": f"  c{i} "}) for i in range(1, 51))]
+    assert run_target(sqlite_config, messages, tmp_path).returncode == 0
+    run = run_target(sqlite_config, messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["contacts"]["unchanged"] == 50
+    assert "c7" in emulator.contacts()
+
+
+@pytest.mark.parametrize("stop_on_error", [True, False])
+def test_an_invalid_record_among_known_ones_is_named_and_set_aside(
+    emulator: DengageEmulator, sqlite_config: dict[str, Any], tmp_path: Path, stop_on_error: bool
+) -> None:
+    assert run_target(sqlite_config, _messages(100), tmp_path).returncode == 0
+    messages = _messages(100)
+    messages[42]["record"]["phone"] = "call me maybe"  # record 42, contact c42
+    config = {**sqlite_config, "stop_on_error": stop_on_error}
+    run = run_target(config, messages, tmp_path)
+
+    named = "stream 'contacts', record 42, contact_key 'c42'"
+    assert named in run.stderr
+    assert "field 'gsm' (from property 'phone')" in run.stderr
+    rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["contact_key"], r["field"], r["record"]["phone"]) for r in rejected] == [
+        ("c42", "gsm", "call me maybe")
+    ]
+    if stop_on_error:
+        assert run.returncode == 1
+        assert run.states == []
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.summary["contacts"]["unchanged"] == 99
+        assert run.states == [{"position": 100}]
