@@ -237,10 +237,12 @@ class Emulator:
             pass
 
     def busy_seconds(self) -> float:
-        """Time the emulator spent answering bulk calls (what the target waited for)."""
+        """Time the emulator spent on bulk calls, from each request line to its written
+        reply (what the target waited for)."""
         log = self._get("requests")
         assert isinstance(log, list)
-        return sum(e["finished"] - e["started"] for e in log if e["path"].startswith("/rest/bulk"))
+        calls = [e for e in log if e["path"].startswith("/rest/bulk")]
+        return sum((e["replied"] or e["finished"]) - e["started"] for e in calls)
 
     def calls(self) -> list[dict[str, object]]:
         log = self._get("requests")

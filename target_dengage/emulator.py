@@ -628,8 +628,9 @@ class DengageEmulator:
         raw: bytes,
         arrived: tuple[float, float],
     ) -> tuple[_Reply, dict[str, Any] | None]:
-        """The reply, and the request's log entry (its ``finished`` is set again once the
-        reply has been written: the emulator's whole cost lies between the two)."""
+        """The reply, and the request's log entry: ``started`` when the request line came
+        in, ``finished`` when the reply was ready, and ``replied`` once it has been written
+        (the emulator's whole cost for the call lies between ``started`` and ``replied``)."""
         if path.startswith(ADMIN_PREFIX):
             return self._admin(method, path.removeprefix(ADMIN_PREFIX), raw), None
         if not path.startswith("/rest/"):
@@ -641,6 +642,7 @@ class DengageEmulator:
             "status": None,
             "started": arrived[0],
             "finished": None,
+            "replied": None,
             "columns": None,
             "count": None,
             "contact_keys": None,
@@ -677,7 +679,7 @@ class DengageEmulator:
 
     def _written(self, entry: dict[str, Any]) -> None:
         with self._lock:
-            entry["finished"] = time.time()
+            entry["replied"] = time.time()
 
     def _take_fault(self, path: str) -> _Fault | None:
         """Pop one use of the first queued fault matching ``path`` (lock held)."""

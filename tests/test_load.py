@@ -261,3 +261,29 @@ def test_stream_maps_rename_before_mapping(
     assert emulator.contacts()["k1"]["email"] == "a@b.co"
     assert emulator.contacts()["k1"]["name"] == "Ada"
     assert run.states == [{"done": 1}]
+
+
+def test_a_new_schema_mid_stream_is_followed_by_the_records_after_it(
+    emulator: DengageEmulator, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Records are read straight into the properties their stream's mapping reads; a new
+    SCHEMA that adds a property must bring that property along from the next record on."""
+    before = schema(properties=("id", "email"))
+    after = schema(properties=("id", "email", "first_name"))
+    messages = [
+        before,
+        *(record(id=f"c{i}", email=f"c{i}@example.com") for i in range(1, 4)),
+        after,
+        *(record(id=f"c{i}", email=f"c{i}@example.com", first_name=f"N{i}") for i in range(4, 7)),
+        schema("leads", properties=("id", "email")),
+        record("leads", id="l1", email="l1@example.com"),
+        record(id="c7", email="c7@example.com", first_name="N7"),
+        record("leads", id="l2", email="l2@example.com"),
+    ]
+    run = run_target({**base_config, "column_mapping": MAPPING}, messages, tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    stored = emulator.contacts()
+    assert "name" not in stored["c3"]
+    assert [stored[f"c{i}"]["name"] for i in range(4, 8)] == ["N4", "N5", "N6", "N7"]
+    assert {"l1", "l2"} <= set(stored)
