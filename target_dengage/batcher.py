@@ -134,6 +134,10 @@ class _Flight:
     written: set[str] = field(default_factory=set)
 
 
+#: What a lookup answers for a key the ledger does not know: matches nothing, ever.
+_UNKNOWN: Entry = ("", "", None, -math.inf)
+
+
 def _keys(entries: Iterable[Pending | Unmapped]) -> list[str]:
     return [e[0][0] if isinstance(e, tuple) else str(e.row[CONTACT_KEY]) for e in entries]
 
@@ -286,51 +290,41 @@ class ContactBatcher:
         jobs = self.jobs
         unchanged = 0
         adopted: dict[str, tuple[str, str]] = {}
-        pending: Pending
         for entry in entries:
+            pending: Pending | None
             if isinstance(entry, tuple):
                 (key, source), raw, seq, number, materialize = entry
-                found = known.get(key)
-                # A contact that is already on its way (or came twice in this lookup) is
-                # always sent: skipping its later version would let the earlier one land last.
-                if (
-                    found is not None
-                    and found[2] == source
-                    and found[3] > oldest
-                    and key not in seen
-                    and key not in where
-                    and key not in stale
-                    and (jobs is None or not jobs.carries(key))
-                ):
-                    unchanged += 1
-                    seen.add(key)
-                    continue
-                mapped = materialize(raw, number, seq)
-                if mapped is None:  # invalid: set aside
-                    continue
-                pending = mapped
-                pending.source = source
+                pending = None
             else:
-                pending = entry
+                pending, source = entry, None
                 key = str(pending.row[CONTACT_KEY])
-                found = known.get(key)
-            pending.digest = payload_hash(pending.row)
-            if (
-                found is not None
-                and found[1] == pending.digest
-                and found[3] > oldest
+            found = known.get(key, _UNKNOWN)
+            # A contact that is already on its way (or came twice in this lookup) is always
+            # sent: skipping its later version would let the earlier one land last.
+            skippable = (
+                found[3] > oldest
                 and key not in seen
                 and key not in where
                 and key not in stale
                 and (jobs is None or not jobs.carries(key))
-            ):
+            )
+            seen.add(key)
+            if pending is None:
+                if skippable and found[2] == source:  # the very text D·engage confirmed
+                    unchanged += 1
+                    continue
+                pending = materialize(raw, number, seq)
+                if pending is None:  # invalid: set aside
+                    continue
+                pending.source = source
+            pending.digest = payload_hash(pending.row)
+            if skippable and found[1] == pending.digest:
                 unchanged += 1
-                if pending.source is not None:
+                if source is not None:
                     # New text for a payload D·engage has: next run, know it by its text.
-                    adopted[key] = (pending.digest, pending.source)
+                    adopted[key] = (pending.digest, source)
             else:
                 self._queue(pending)
-            seen.add(key)
         self.stats.unchanged += unchanged
         if adopted:
             self._ledger.adopt_sources(adopted)
