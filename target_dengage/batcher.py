@@ -37,10 +37,9 @@ from target_dengage.mapping import (
     NEW_CONTACT_KEY,
     FieldProblem,
     Value,
-    mask,
     payload_hash,
-    scrub,
 )
+from target_dengage.masking import mask, quote
 from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords
 
@@ -158,6 +157,8 @@ class RunStats:
     unchanged: int = 0
     warnings: int = 0
     unaccounted: int = 0
+    #: Contacts of confirmed requests that D·engage's answer did not name at all.
+    unaccounted_by_api: int = 0
 
 
 class ContactBatcher:
@@ -428,7 +429,7 @@ class ContactBatcher:
             try:
                 self._deliver(columns, group)
             except DengageRequestError as exc:
-                if self._stop_on_error or exc.status != 400:
+                if self._stop_on_error or not exc.refused_data:
                     self._report_refusal(exc, group)
                     raise
                 more = self._isolate(exc, group, split_budget)
@@ -445,10 +446,9 @@ class ContactBatcher:
         """With stop_on_error false, a 400 for the whole request must not sink the good
         records in it: set aside the records D·engage names, or else split the request in
         halves until the bad ones stand alone. Returns the groups still to send."""
-        keys = {str(p.row[CONTACT_KEY]) for p in group}
-        named = [i for i in exc.issues if i.contact_key in keys]
+        named = _issues_about(exc.issues, {str(p.row[CONTACT_KEY]) for p in group})
         if len(group) == 1 and not named:
-            named = [ItemIssue(str(group[0].row[CONTACT_KEY]), scrub(str(exc)))]
+            named = [ItemIssue(str(group[0].row[CONTACT_KEY]), str(exc))]
         if named:
             self._reject_api(named, group)
             refused = {i.contact_key for i in named}
@@ -469,7 +469,7 @@ class ContactBatcher:
             "D·engage refused a request of %d contacts as a whole (%s); splitting it in two "
             "to isolate the bad records (up to %d more calls).",
             len(group),
-            scrub(str(exc)),
+            quote(str(exc)),
             budget,
         )
         return [group[:half], group[half:]]
@@ -495,34 +495,57 @@ class ContactBatcher:
         self.stats.requests += 1
         self.stats.contacts_sent += len(group)
 
-    def _record_outcome(self, group: list[Pending], outcome: BulkOutcome) -> int:
-        """Book what D·engage did with a confirmed group; return how many it rejected."""
+    def _record_outcome(self, group: list[Pending], outcome: BulkOutcome) -> _Named:
+        """Book what D·engage did with a confirmed group; return what its answer named.
+
+        Only contact keys the request carried count, each once, whatever the answer lists:
+        an answer is D·engage's word about this request, not about other contacts. A
+        contact the answer does not name at all is confirmed for STATE (the request was),
+        but not written to the ledger, so the next run sends it again."""
         stats = self.stats
-        stats.inserted += len(outcome.inserted)
-        stats.updated += len(outcome.updated)
-        stats.warnings += len(outcome.warnings)
-        rejected = self._reject_api(outcome.errors, group)
-        stats.confirmed += len(group) - rejected
+        sent = {str(p.row[CONTACT_KEY]) for p in group}
+        named = _Named(outcome, sent)
+        stats.inserted += len(named.inserted)
+        stats.updated += len(named.updated)
+        stats.warnings += len(named.warnings)
+        stats.confirmed += len(group) - self._reject_api(named.errors, group)
+        unaccounted = len(sent - named.inserted - named.updated - named.failed)
+        if unaccounted:
+            stats.unaccounted_by_api += unaccounted
+            self._logger.warning(
+                "D·engage confirmed a request of %d contacts but its answer does not name %d "
+                "of them as inserted, updated, rejected or warned about; they count as "
+                "delivered, are not recorded as unchanged, and are sent again next run.",
+                len(group),
+                unaccounted,
+            )
+        if named.strangers:
+            self._logger.warning(
+                "D·engage's answer names %d contact key(s) that the request did not carry; "
+                "ignored.",
+                named.strangers,
+            )
         if self._ledger is not None:
-            self._remember(group, outcome)
-        for issue in outcome.warnings[:ISSUES_LOGGED_PER_REQUEST]:
+            self._remember(group, named)
+        for issue in named.warnings[:ISSUES_LOGGED_PER_REQUEST]:
             self._logger.warning(
                 "D·engage warning for contact_key '%s': %s",
                 _shown_key(issue.contact_key),
-                scrub(issue.message),
+                quote(issue.message),
             )
-        return rejected
+        return named
 
-    def _remember(self, group: list[Pending], outcome: BulkOutcome) -> None:
+    def _remember(self, group: list[Pending], named: _Named) -> None:
         """Record what D·engage confirmed, before the STATE that covers it can be printed.
-        Rejected contacts, and those it warned about, are left out: they go again next run."""
+        Only contacts the answer names as inserted or updated, and neither rejected nor
+        warned about: the others go again next run."""
         assert self._ledger is not None
-        skip = {i.contact_key for i in (*outcome.errors, *outcome.warnings)}
+        done = (named.inserted | named.updated) - named.failed
         entries: dict[str, tuple[str, str | None]] = {}
         renamed: list[str] = []
         for pending in group:
             key = str(pending.row[CONTACT_KEY])
-            if key in skip:
+            if key not in done:
                 continue
             digest = pending.digest or payload_hash(pending.row)
             new_key = pending.row.get(NEW_CONTACT_KEY)
@@ -537,7 +560,7 @@ class ContactBatcher:
             flight.written.update(entries, renamed)
 
     def _job_done(self, job: Job, outcome: BulkOutcome, seconds: float) -> None:
-        rejected = self._record_outcome(job.group, outcome)
+        named = self._record_outcome(job.group, outcome)
         self._logger.info(
             "Job %s confirmed after %.1f s: %d contacts (streams: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings.",
@@ -545,11 +568,11 @@ class ContactBatcher:
             seconds,
             len(job.group),
             ", ".join(sorted({p.stream for p in job.group})),
-            len(outcome.inserted),
-            len(outcome.updated),
-            rejected,
+            len(named.inserted),
+            len(named.updated),
+            len(named.errors),
             _merges(job.group),
-            len(outcome.warnings),
+            len(named.warnings),
         )
         self._on_confirmed()
 
@@ -560,7 +583,7 @@ class ContactBatcher:
         self._logger.error(
             "BulkUpsert-Async %s. Its %d contacts (streams: %s) are not confirmed; no STATE "
             "past them will be printed, and the run will fail once the other jobs are resolved.",
-            scrub(message),
+            quote(message),
             len(job.group),
             ", ".join(sorted({p.stream for p in job.group})),
         )
@@ -569,7 +592,7 @@ class ContactBatcher:
         if self._job_failures:
             raise DengageError(
                 f"{len(self._job_failures)} BulkUpsert-Async job(s) failed: "
-                + "; ".join(scrub(m) for m in self._job_failures[:ISSUES_LOGGED_PER_REQUEST])
+                + "; ".join(quote(m) for m in self._job_failures[:ISSUES_LOGGED_PER_REQUEST])
             )
 
     def _upsert(self, columns: list[str], group: list[Pending], body: bytes) -> None:
@@ -586,7 +609,7 @@ class ContactBatcher:
 
         stats = self.stats
         stats.contacts_sent += len(group)
-        rejected = self._record_outcome(group, outcome)
+        named = self._record_outcome(group, outcome)
         self._logger.info(
             "BulkUpsert %d: sent %d contacts (streams: %s; columns: %s): %d inserted, "
             "%d updated, %d rejected, %d duplicates merged, %d warnings, %.0f ms.",
@@ -594,48 +617,45 @@ class ContactBatcher:
             len(group),
             ", ".join(sorted({p.stream for p in group})),
             ", ".join(columns),
-            len(outcome.inserted),
-            len(outcome.updated),
-            rejected,
+            len(named.inserted),
+            len(named.updated),
+            len(named.errors),
             _merges(group),
-            len(outcome.warnings),
+            len(named.warnings),
             elapsed_ms,
         )
 
     def _reject_api(self, issues: Sequence[ItemIssue], group: Sequence[Pending]) -> int:
-        """Write down the records D·engage refused, each named as well as the answer allows."""
+        """Write down the records D·engage refused (``issues`` name keys of ``group``)."""
         if not issues:
             return 0
         by_key = {str(p.row[CONTACT_KEY]): p for p in group}
         entries: list[dict[str, Any]] = []
-        seqs: list[float] = []
         for issue in issues:
-            pending = by_key.get(issue.contact_key or "")
+            pending = by_key[str(issue.contact_key)]
             entries.append(_api_entry(issue, pending))
-            seqs.append(pending.seq if pending else min(p.seq for p in group))
             if len(entries) <= ISSUES_LOGGED_PER_REQUEST:
                 self._logger.warning(
                     "D·engage rejected %s%s: %s",
-                    pending.describe()
-                    if pending
-                    else f"contact_key '{_shown_key(issue.contact_key)}'",
-                    f", field '{issue.field}'" if issue.field else "",
-                    scrub(issue.message),
+                    pending.describe(),
+                    f", field '{quote(issue.field, 60)}'" if issue.field else "",
+                    quote(issue.message),
                 )
         self.stats.rejected_by_api += len(entries)
-        self._account(entries, seqs, fatal=False)
+        self._account(entries, [by_key[str(i.contact_key)].seq for i in issues], fatal=False)
         return len(entries)
 
     def _report_refusal(self, exc: DengageRequestError, group: Sequence[Pending]) -> None:
         """Before a refusal ends the run: name the records behind it and write them down."""
-        if not exc.issues:
-            return
         by_key = {str(p.row[CONTACT_KEY]): p for p in group}
-        entries = [_api_entry(i, by_key.get(i.contact_key or "")) for i in exc.issues]
+        issues = _issues_about(exc.issues, set(by_key))
+        if not issues:
+            return
+        entries = [_api_entry(i, by_key[str(i.contact_key)]) for i in issues]
         if self._rejects is not None:
             self._rejects.write(entries)
         named = "; ".join(_entry_text(e) for e in entries[:ISSUES_LOGGED_PER_REQUEST])
-        exc.args = (f"{exc.args[0]}. Records named by D·engage: {scrub(named)}",)
+        exc.args = (f"{exc.args[0]}. Records named by D·engage: {quote(named, 1000)}",)
 
     def _account(
         self, entries: Sequence[Mapping[str, Any]], seqs: Iterable[float], *, fatal: bool
@@ -648,6 +668,31 @@ class ContactBatcher:
             return
         self.stats.unaccounted += len(entries)
         self._blocked_seq = min(self._blocked_seq, *seqs)
+
+
+class _Named:
+    """What an answer names, reduced to the contacts the request carried, each key once
+    (the first issue about a key speaks for it)."""
+
+    __slots__ = ("errors", "failed", "inserted", "strangers", "updated", "warnings")
+
+    def __init__(self, outcome: BulkOutcome, sent: set[str]) -> None:
+        self.inserted = sent.intersection(outcome.inserted)
+        self.updated = sent.intersection(outcome.updated)
+        self.errors = _issues_about(outcome.errors, sent)
+        self.warnings = _issues_about(outcome.warnings, sent)
+        self.failed = {i.contact_key for i in (*self.errors, *self.warnings)}
+        listed = {*outcome.inserted, *outcome.updated}
+        listed.update(i.contact_key for i in (*outcome.errors, *outcome.warnings) if i.contact_key)
+        self.strangers = len(listed - sent)
+
+
+def _issues_about(issues: Sequence[ItemIssue], sent: set[str]) -> list[ItemIssue]:
+    first: dict[str, ItemIssue] = {}
+    for issue in issues:
+        if issue.contact_key in sent:
+            first.setdefault(issue.contact_key, issue)
+    return list(first.values())
 
 
 def _merges(group: Sequence[Pending]) -> int:
@@ -672,22 +717,24 @@ def _problem_text(problem: FieldProblem, record: Mapping[str, Any]) -> str:
     return f"field '{problem.column}'{source} {problem.message}{shown}"
 
 
-def _api_entry(issue: ItemIssue, pending: Pending | None) -> dict[str, Any]:
+#: Most characters of D·engage's reason kept in the rejected file (the record is whole there).
+REASON_LIMIT = 2000
+
+
+def _api_entry(issue: ItemIssue, pending: Pending) -> dict[str, Any]:
     return {
-        "stream": pending.stream if pending else None,
-        "record_number": pending.record_number if pending else None,
+        "stream": pending.stream,
+        "record_number": pending.record_number,
         "contact_key": issue.contact_key,
         "field": issue.field,
-        "reason": issue.message,
+        "reason": issue.message[:REASON_LIMIT],
         "source": "api",
-        "record": whole_record(pending.record) if pending else None,
+        "record": whole_record(pending.record),
     }
 
 
 def _entry_text(entry: Mapping[str, Any]) -> str:
-    where = (
-        f"stream '{entry['stream']}', record {entry['record_number']}, " if entry["stream"] else ""
-    )
+    where = f"stream '{entry['stream']}', record {entry['record_number']}, "
     column = f", field '{entry['field']}'" if entry["field"] else ""
     key = _shown_key(entry["contact_key"])
     return f"{where}contact_key '{key}'{column}: {entry['reason']}"

@@ -1,12 +1,25 @@
-"""HTTP client for the D·engage REST API: login, pacing, retries, answer classification.
+"""HTTP client for the D·engage REST API: login, pacing, retries, and the transport's bounds.
 
 One client serves the whole run, so one pacer sees every BulkUpsert call of every stream:
-D·engage allows one sync call a minute and never two at once.
+D·engage allows one sync call a minute and never two at once. What an answer *means* is
+decided by :func:`target_dengage.protocol.classify`; this module only carries answers there.
+
+The transport is held to what the API needs and no more: credentials go to ``api_url`` and
+nowhere else (no redirects are followed, our own ``Authorization`` header always wins over
+netrc or URL credentials), every call ends within ``request_timeout_seconds`` with its whole
+answer read, and answers larger than anything D·engage sends are refused unread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import email.utils
+import http.client
+import json
 import logging
+import math
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,23 +28,30 @@ from typing import Any
 
 import backoff
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from target_dengage import __version__
 from target_dengage.errors import (
     DengageAuthError,
+    DengageError,
     DengageForbiddenError,
     DengageRequestError,
     DengageUnavailableError,
 )
+from target_dengage.masking import hide, quote
 from target_dengage.pacing import Pacer
 from target_dengage.protocol import (
     ASYNC_PATH,
     BULK_PATH,
     LOGIN_PATH,
     BulkOutcome,
+    Endpoint,
     JobStatus,
-    envelope_code,
-    envelope_message,
+    Meaning,
+    Verdict,
+    classify,
     error_issues,
     job_path,
     parse_bulk_outcome,
@@ -40,14 +60,17 @@ from target_dengage.protocol import (
     parse_login,
 )
 
-#: Answers worth another try; 429 has its own budget, see ``DengageClient._send``.
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-RATE_LIMITED = 429
 #: Consecutive 429s on one call before giving up (an hour at the sync endpoint's pace).
 MAX_RATE_LIMITED_TRIES = 60
 #: Refresh the cached token this long before D·engage says it expires.
 TOKEN_MARGIN_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
+#: Longest ``Retry-After`` honoured; a longer one waits this long (with a warning).
+RETRY_AFTER_CAP_SECONDS = 900.0
+#: Largest answer read: a BulkUpsert answer for 1000 contacts, each named with a long
+#: message, is well under 1 MB; anything this large is not D·engage's answer.
+MAX_ANSWER_BYTES = 20 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 
 FORBIDDEN_HELP = (
     "D·engage answered 403 Forbidden to {what}. D·engage gives this one answer for three "
@@ -55,12 +78,122 @@ FORBIDDEN_HELP = (
     "account's API IP allowlist; (2) the API user key / password or access token is wrong; "
     "(3) the API user lacks the {role} role."
 )
+REDIRECT_HELP = (
+    "D·engage answered {what} with {said}. The target never follows redirects, so that the "
+    "credentials and contacts go to api_url and nowhere else: if that address is D·engage's "
+    "new one, set api_url to it. No STATE past the records of this call is printed."
+)
 
 
 @dataclass
 class _Token:
     value: str
     refresh_at: float | None  # None: a pre-issued token we cannot renew
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One HTTP answer, read whole within the call's time and size bounds."""
+
+    status: int
+    body: bytes
+    location: str | None
+    retry_after: str | None
+
+
+class _NoAnswerError(Exception):
+    """No complete answer came (a network error, a timeout, a cut-off or undecodable
+    body): worth another try."""
+
+
+class _Bearer(requests.auth.AuthBase):
+    """Our token, set last: netrc entries and ``user:password@`` in a URL never replace it."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers.pop("Authorization", None)
+        if self._token is not None:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+# -- the call's deadline -------------------------------------------------------------------
+# A read timeout bounds each wait for a byte, not the call: an answer that drips a byte
+# every second would never time out. So every call has a watch, and a timer that shuts
+# down the call's socket when the deadline passes; the blocked read then fails at once.
+
+
+class _Watch:
+    def __init__(self) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing left to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_CURRENT_WATCH: contextvars.ContextVar[_Watch | None] = contextvars.ContextVar(
+    "target_dengage_watch", default=None
+)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self) -> Any:  # the answer is awaited from here on: watch the socket
+        watch = _CURRENT_WATCH.get()
+        if watch is not None:
+            watch.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> Any:
+        watch = _CURRENT_WATCH.get()
+        if watch is not None:
+            watch.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, with connections whose sockets the call's watch can shut down."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 class DengageClient:
@@ -81,10 +214,12 @@ class DengageClient:
         self._base = api_url.rstrip("/")
         self._userkey = userkey
         self._password = password
+        hide(password)
+        hide(access_token)
         self._token: _Token | None = _Token(access_token, refresh_at=None) if access_token else None
         self._token_lock = threading.Lock()
         self._max_retries = max_retries
-        self._timeout = timeout_seconds
+        self._timeout = float(timeout_seconds)
         self._logger = logger
         self.pacer = pacer
         self.retries = 0
@@ -92,6 +227,9 @@ class DengageClient:
         self.rate_limited_seconds = 0.0
         self.logins = 0
         self._session = requests.Session()
+        adapter = _WatchedAdapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers.update(
             {"User-Agent": f"target-dengage/{__version__}", "Accept": "application/json"}
         )
@@ -105,23 +243,25 @@ class DengageClient:
 
     def bulk_upsert(self, body: bytes) -> BulkOutcome:
         """Send one sync BulkUpsert and return what D·engage did with each contact."""
-        response = self._call("POST", BULK_PATH, body, role="DataSpace.Manage", paced=True)
-        return parse_bulk_outcome(_json(response))
+        verdict = self._call(Endpoint.BULK, "POST", BULK_PATH, body, role="DataSpace.Manage")
+        return parse_bulk_outcome(verdict.envelope)
 
     def submit_job(self, body: bytes) -> str:
         """Start a BulkUpsert-Async job; return its id. Not paced: jobs may overlap."""
-        response = self._call("POST", ASYNC_PATH, body, role="DataSpace.Manage", paced=False)
+        verdict = self._call(Endpoint.SUBMIT, "POST", ASYNC_PATH, body, role="DataSpace.Manage")
         try:
-            return parse_job_id(_json(response) if response.content else "")
+            return parse_job_id(verdict.envelope)
         except ValueError as exc:
             raise DengageRequestError(
-                f"D·engage accepted a BulkUpsert-Async job but {exc}: {_describe(response)}",
-                status=response.status_code,
+                f"D·engage answered a BulkUpsert-Async submit with 202 but {exc}: "
+                f"{quote(verdict.said)}. Its contacts are not confirmed; no STATE past them "
+                "is printed.",
+                status=verdict.status,
             ) from None
 
     def job_status(self, job_id: str) -> JobStatus:
-        response = self._call("GET", job_path(job_id), None, role="DataSpace.Read", paced=False)
-        return parse_job(_json(response))
+        verdict = self._call(Endpoint.JOB, "GET", job_path(job_id), None, role="DataSpace.Read")
+        return parse_job(verdict.envelope)
 
     def _access_token(self) -> str:
         with self._token_lock:
@@ -134,43 +274,49 @@ class DengageClient:
             return self._token.value
 
     def _login(self) -> _Token:
-        response = self._send(
-            "POST",
-            LOGIN_PATH,
-            {"userkey": self._userkey, "password": self._password},
-            what="the login (POST /rest/login)",
-            headers={},
-        )
-        if response.status_code == 403:
-            raise DengageForbiddenError(
-                FORBIDDEN_HELP.format(what="the login (POST /rest/login)", role="API access")
-            )
-        if response.status_code != 200:
+        what = "the login (POST /rest/login)"
+        body = json.dumps({"userkey": self._userkey, "password": self._password}).encode()
+        verdict = self._send(Endpoint.LOGIN, "POST", LOGIN_PATH, body, what=what, token=None)
+        if verdict.meaning is Meaning.FORBIDDEN:
+            raise DengageForbiddenError(FORBIDDEN_HELP.format(what=what, role="API access"))
+        if 300 <= verdict.status < 400:
+            raise DengageAuthError(REDIRECT_HELP.format(what=what, said=quote(verdict.said)))
+        if verdict.meaning is not Meaning.CONFIRMED:
             raise DengageAuthError(
-                f"D·engage refused the login with HTTP {response.status_code}: "
-                f"{_describe(response)}. Check userkey and password."
+                f"D·engage refused the login with HTTP {verdict.status}: "
+                f"{quote(verdict.said)}. Check userkey and password."
             )
         try:
-            value, lifetime = parse_login(_json(response))
+            value, lifetime, odd = parse_login(verdict.envelope)
         except ValueError as exc:
             raise DengageAuthError(f"D·engage login failed: {exc}.") from None
+        hide(value)
+        if odd is not None:
+            self._logger.warning(
+                "D·engage's login answer gave the token's lifetime as %s, not a positive "
+                "number of seconds; assuming %d s.",
+                quote(repr(odd), 60),
+                lifetime,
+            )
         self.logins += 1
         margin = min(TOKEN_MARGIN_SECONDS, lifetime / 2)
         self._logger.info("Logged in to D·engage; the token is valid for %d s.", lifetime)
         return _Token(value, refresh_at=time.monotonic() + lifetime - margin)
 
     def _call(
-        self, method: str, path: str, body: bytes | None, *, role: str, paced: bool
-    ) -> requests.Response:
+        self, endpoint: Endpoint, method: str, path: str, body: bytes | None, *, role: str
+    ) -> Verdict:
+        """One API call with a token: a 401 logs in again once; anything but a
+        confirmation ends in an error that says what D·engage answered."""
         what = f"{method} {path}"
         relogged = False
         while True:
-            headers = {"Authorization": f"Bearer {self._access_token()}"}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            response = self._send(method, path, body, what=what, headers=headers, paced=paced)
-            status = response.status_code
-            if status == 401:
+            token = self._access_token()
+            verdict = self._send(endpoint, method, path, body, what=what, token=token)
+            meaning = verdict.meaning
+            if meaning is Meaning.CONFIRMED:
+                return verdict
+            if meaning is Meaning.UNAUTHENTICATED:
                 if not self._can_login:
                     raise DengageAuthError(
                         f"D·engage answered 401 Not Authenticated to {what}: the access_token "
@@ -184,70 +330,76 @@ class DengageClient:
                     )
                 self._logger.info("D·engage answered 401; logging in again and resending.")
                 with self._token_lock:
-                    self._token = None
+                    if self._token is not None and self._token.value == token:
+                        self._token = None
                 relogged = True
                 continue
-            if status == 403:
+            if meaning is Meaning.FORBIDDEN:
                 raise DengageForbiddenError(FORBIDDEN_HELP.format(what=what, role=role))
-            if 200 <= status < 300:
-                return response
-            envelope = _json(response)
-            code = envelope_code(envelope)
+            if 300 <= verdict.status < 400:
+                raise DengageRequestError(
+                    REDIRECT_HELP.format(what=what, said=quote(verdict.said)),
+                    status=verdict.status,
+                )
+            code = f" (code {verdict.code})" if verdict.code is not None else ""
             raise DengageRequestError(
-                f"D·engage refused {what} with HTTP {status}"
-                + (f" (code {code})" if code is not None else "")
-                + f": {envelope_message(envelope) or _describe(response)}",
-                status=status,
-                issues=error_issues(envelope),
+                f"D·engage refused {what} with HTTP {verdict.status}{code}: "
+                f"{quote(verdict.said) or 'no message'}",
+                status=verdict.status,
+                issues=error_issues(verdict.envelope) if meaning is Meaning.REFUSED else (),
+                refused_data=meaning is Meaning.REFUSED,
             )
 
     def _send(
         self,
+        endpoint: Endpoint,
         method: str,
         path: str,
-        body: bytes | dict[str, Any] | None,
+        body: bytes | None,
         *,
         what: str,
-        headers: dict[str, str],
-        paced: bool = False,
-    ) -> requests.Response:
-        """POST with the retry policy; answers other than 429/5xx go back to the caller.
+        token: str | None,
+    ) -> Verdict:
+        """Exchange with the retry policy; answers other than 429 and "try again" go back to
+        the caller, read.
 
-        - 500/502/503/504, connection errors and timeouts use up ``max_retries``, with
-          exponential backoff and full jitter. A 5xx or a timeout may come after D·engage
-          applied the request; resending is still safe, because BulkUpsert is an upsert by
-          contact_key: applying it twice leaves the same rows.
+        - No usable answer (5xx, a 2xx that is not a confirmation, a network error, a
+          timeout, a cut-off or undecodable body) uses up ``max_retries``, with exponential
+          backoff and full jitter. Such a call may have been applied; resending is still
+          safe, because BulkUpsert is an upsert by contact_key: applying it twice leaves the
+          same rows.
         - 429 is the API asking us to slow down, not a failure: it has its own, larger
           budget. On the paced sync endpoint the next try waits a whole interval (the
           refused call counts as a start); elsewhere it backs off like a failure.
-        - ``Retry-After`` wins whenever D·engage sends it.
+        - ``Retry-After`` wins whenever D·engage sends a usable one.
         """
+        paced = endpoint is Endpoint.BULK
         url = self._base + path
-        kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict) else {"data": body}
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        auth = _Bearer(token)
 
-        def request() -> requests.Response:
-            return self._session.request(
-                method, url, timeout=self._timeout, headers=headers, **kwargs
-            )
+        def exchange() -> _Answer:
+            return self._exchange(method, url, body, headers, auth)
 
         failure_delays = _delays()
         limit_delays = _delays()
         failures = limited = 0
         limited_since: float | None = None
         while True:
-            response: requests.Response | None = None
+            answer: _Answer | None = None
+            verdict: Verdict | None = None
             try:
-                answer = self.pacer.run(request) if paced else request()
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = _network_problem(exc, self._timeout)
+                answer = self.pacer.run(exchange) if paced else exchange()
+            except _NoAnswerError as exc:
+                problem = str(exc)
             else:
-                if answer.status_code != RATE_LIMITED and answer.status_code not in RETRY_STATUSES:
+                verdict = classify(endpoint, answer.status, answer.body, answer.location)
+                if verdict.meaning not in (Meaning.RETRY, Meaning.RATE_LIMITED):
                     self._end_rate_limit(limited_since, paced)
-                    return answer
-                response = answer
-                problem = f"HTTP {answer.status_code} ({_describe(answer)})"
-            retry_after = _retry_after(response) if response is not None else None
-            if response is not None and response.status_code == RATE_LIMITED:
+                    return verdict
+                problem = f"HTTP {answer.status} ({quote(verdict.said) or 'no message'})"
+            retry_after = self._retry_after(answer.retry_after, what) if answer else None
+            if verdict is not None and verdict.meaning is Meaning.RATE_LIMITED:
                 limited += 1
                 self.rate_limited += 1
                 if limited > MAX_RATE_LIMITED_TRIES:
@@ -276,7 +428,8 @@ class DengageClient:
                 if failures > self._max_retries:
                     raise DengageUnavailableError(
                         f"D·engage did not accept {what} after {failures} tries; the last "
-                        f"answer was {problem}."
+                        f"answer was {problem}. Nothing of this call is counted as "
+                        "confirmed: no STATE past its records is printed."
                     )
                 self.retries += 1
                 delay = (
@@ -294,6 +447,83 @@ class DengageClient:
                 )
             time.sleep(delay)
 
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        auth: _Bearer,
+    ) -> _Answer:
+        """One request and its whole answer, within ``request_timeout_seconds``."""
+        watch = _Watch()
+        reset = _CURRENT_WATCH.set(watch)
+        timer = threading.Timer(self._timeout, watch.expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            response = self._session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                auth=auth,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                content = _read_answer(response)
+            return _Answer(
+                response.status_code,
+                content,
+                response.headers.get("Location"),
+                response.headers.get("Retry-After"),
+            )
+        except _NoAnswerError:
+            raise
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            raise _NoAnswerError(_network_problem(exc, watch.expired, self._timeout)) from None
+        except requests.RequestException as exc:
+            raise DengageError(
+                f"The request to D·engage could not be made ({type(exc).__name__}: "
+                f"{quote(str(exc))}); check api_url."
+            ) from None
+        finally:
+            timer.cancel()
+            _CURRENT_WATCH.reset(reset)
+
+    def _retry_after(self, value: str | None, what: str) -> float | None:
+        """Seconds to wait as the answer asks, or None to use our own backoff."""
+        if value is None:
+            return None
+        seconds = _parse_retry_after(value)
+        if seconds is not None and seconds <= RETRY_AFTER_CAP_SECONDS:
+            return seconds
+        if seconds is not None and math.isfinite(seconds):
+            self._logger.warning(
+                "D·engage asked to wait %s before retrying %s (Retry-After); waiting %g s, "
+                "the most the target waits for one try.",
+                quote(value, 60),
+                what,
+                RETRY_AFTER_CAP_SECONDS,
+            )
+            return RETRY_AFTER_CAP_SECONDS
+        self._logger.warning(
+            "Ignoring the unusable Retry-After %s in D·engage's answer to %s; backing off "
+            "as usual.",
+            quote(repr(value), 60),
+            what,
+        )
+        return None
+
     def _end_rate_limit(self, since: float | None, paced: bool) -> None:
         """Add the time from the first 429 to the try that got through to the run's total."""
         if since is None:
@@ -306,39 +536,53 @@ class DengageClient:
         )
 
 
+def _read_answer(response: requests.Response) -> bytes:
+    """The answer's body, decoded, refused unread past ``MAX_ANSWER_BYTES``."""
+    if response.status_code in (204, 304) or response.request.method == "HEAD":
+        return b""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise _NoAnswerError(f"an answer of {int(declared):,} bytes, too large to be D·engage's")
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:  # the connection is closed on the way out, not reused
+            raise _NoAnswerError(f"an answer of more than {MAX_ANSWER_BYTES:,} bytes, not read")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_retry_after(value: str) -> float | None:
+    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date (RFC 9110).
+    None when it is neither, negative, or not finite."""
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - time.time())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
 def _delays() -> Iterator[float]:
     delays: Iterator[float] = backoff.expo(base=2, factor=1, max_value=BACKOFF_MAX_SECONDS)
     next(delays)  # prime the generator, as backoff itself does
     return delays
 
 
-def _network_problem(exc: requests.RequestException, timeout: float) -> str:
-    if isinstance(exc, requests.Timeout):
+def _network_problem(exc: BaseException, expired: bool, timeout: float) -> str:
+    if expired or isinstance(exc, requests.Timeout):
         return f"no answer within request_timeout_seconds ({timeout:g} s)"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut off before its end"
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "the answer could not be decoded (its Content-Encoding does not match its body)"
     return f"connection error ({type(exc).__name__})"
-
-
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _describe(response: requests.Response) -> str:
-    """A short, header-free description of an answer, safe to put in an error message."""
-    envelope = _json(response)
-    message = envelope_message(envelope)
-    if message:
-        return message
-    return (response.text or response.reason or "no message")[:200]
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

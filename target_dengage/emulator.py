@@ -10,6 +10,10 @@ It runs in-process for tests (``DengageEmulator(...).start()``) and from the com
 ``dengage-emulator`` so that users can try a pipeline without credentials. It only ever listens on
 a loopback address.
 
+Tests also need the answers a broken server or proxy gives, which a well-behaved server never
+does: ``inject_fault`` can send any body (JSON or raw text), relabel it with any header, drip it
+byte by byte or cut it off mid-body, and ``repeat_job_ids`` can hand out a job id twice.
+
 Limits that the vendor pages do not state (marked *assumed*): contact keys are at most
 ``MAX_CONTACT_KEY_LENGTH`` characters and custom column values at most ``MAX_CUSTOM_LENGTH``.
 """
@@ -61,7 +65,10 @@ MASTER_COLUMNS = frozenset(
 PLATFORM_COLUMNS = frozenset(
     {"email_status_reason", "gsm_status_reason", "is_email_active", "is_email_engaged"}
 )
-BODY_FIELDS = frozenset({"columns", "contactDatas", "insertIfNotExists", "stopOnError"})
+BODY_FIELDS = frozenset(
+    {"columns", "contactDatas", "insertIfNotExists", "stopOnError", "throwExceptionIfInvalidRecord"}
+)
+STOP_FLAGS = ("stopOnError", "throwExceptionIfInvalidRecord")  # two names for one switch
 
 LOGIN_PATH = "/rest/login"
 SYNC_PATH = "/rest/bulk/contacts"
@@ -72,6 +79,10 @@ EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
 GSM_RE = re.compile(r"[0-9]{1,20}")
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 JOB_PATH_RE = re.compile(re.escape(ASYNC_PATH) + r"/([^/]+)")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# The emulator frames every answer itself, so a test cannot make it lie about the body's length.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+RAW_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 UNAUTHENTICATED = {"code": 401, "message": "Not authenticated. Please re-login."}
 FORBIDDEN = {"code": 10, "message": "Forbidden"}
@@ -98,7 +109,24 @@ class _Unreadable:
 class _Reply(NamedTuple):
     status: int
     body: Any
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # override the emulator's own, case-insensitively
+    raw: bytes | None = None  # sent as-is instead of ``body`` as JSON
+    drip_seconds: float = 0.0
+    cut_off: bool = False
+
+
+def _bodiless(status: int) -> bool:
+    """Statuses that end at the headers; a body after them would desync the connection."""
+    return status < 200 or status in (204, 304)
+
+
+def _overridden(
+    own: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """``own`` headers less those that ``extra`` names (case-insensitively), then ``extra``."""
+    extra = list(extra)
+    names = {name.lower() for name, _ in extra}
+    return [(name, value) for name, value in own if name.lower() not in names] + extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +173,26 @@ class _Fault:
     status: int | None
     remaining: int
     hang_seconds: float
-    body: dict[str, Any] | None
+    body: Any
     headers: dict[str, str] | None = None
+    raw: bytes | None = None
+    drip_seconds: float = 0.0
+    cut_off: bool = False
+
+    def reply(self, status: int) -> _Reply:
+        """The fault's own answer, standing in for the API's."""
+        headers = (("Content-Type", RAW_CONTENT_TYPE),) if self.raw is not None else ()
+        return self.shape(
+            _Reply(status, INJECTED_FAULT if self.body is None else self.body, headers, self.raw)
+        )
+
+    def shape(self, reply: _Reply) -> _Reply:
+        """Deliver ``reply`` the way this fault asks (headers, drip, cut-off)."""
+        return reply._replace(
+            headers=tuple(_overridden(reply.headers, (self.headers or {}).items())),
+            drip_seconds=self.drip_seconds,
+            cut_off=self.cut_off,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,12 +279,15 @@ def _parse_batch(body: Any, custom_columns: frozenset[str]) -> _Batch:
     rows = body.get("contactDatas")
     if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_RECORDS:
         raise _FieldError(f"contactDatas must be an array of 1 to {MAX_RECORDS} objects")
-    flags = {"insertIfNotExists": False, "stopOnError": True}
-    for flag, default in flags.items():
-        flags[flag] = body.get(flag, default)
-        if not isinstance(flags[flag], bool):
+    for flag in ("insertIfNotExists", *STOP_FLAGS):
+        if flag in body and not isinstance(body[flag], bool):
             raise _FieldError(f"{flag} must be a boolean")
-    if flags["insertIfNotExists"] and "new_contact_key" in columns:
+    insert_if_not_exists = body.get("insertIfNotExists", False)
+    stops = {body[flag] for flag in STOP_FLAGS if flag in body}
+    if len(stops) > 1:
+        raise _FieldError("stopOnError and throwExceptionIfInvalidRecord disagree")
+    stop_on_error = stops.pop() if stops else True
+    if insert_if_not_exists and "new_contact_key" in columns:
         raise _FieldError("new_contact_key cannot be used with insertIfNotExists=true")
     wanted = set(columns)
     for index, row in enumerate(rows):
@@ -251,7 +300,7 @@ def _parse_batch(body: Any, custom_columns: frozenset[str]) -> _Batch:
                 f"contactDatas[{index}] keys must equal columns"
                 f" (missing: {missing}; extra: {extra})"
             )
-    return _Batch(tuple(columns), tuple(rows), flags["insertIfNotExists"], flags["stopOnError"])
+    return _Batch(tuple(columns), tuple(rows), insert_if_not_exists, stop_on_error)
 
 
 def _is_string(value: Any, max_length: int) -> bool:
@@ -385,6 +434,21 @@ def _apply(
     return changes, outcome
 
 
+def _check_headers(headers: Any) -> None:
+    """Refuse headers that could not go on the wire as given, or would misframe the body."""
+    if headers is None:
+        return
+    if not isinstance(headers, dict) or not all(
+        isinstance(name, str) and isinstance(value, str) for name, value in headers.items()
+    ):
+        raise ValueError("headers must map header names to strings")
+    for name, value in headers.items():
+        if HEADER_NAME_RE.fullmatch(name) is None or any(c in value for c in "\r\n\x00"):
+            raise ValueError(f"header {name!r} cannot be sent as given")
+        if name.lower() in FRAMING_HEADERS:
+            raise ValueError(f"{name} is set by the emulator")
+
+
 class DengageEmulator:
     """An in-memory D·engage account served over HTTP on loopback; every accessor is thread-safe."""
 
@@ -429,6 +493,8 @@ class DengageEmulator:
         self._jobs: dict[str, _Job] = {}
         self._job_failures: deque[str | None] = deque()  # None: that job runs normally
         self._job_hangs = 0
+        self._repeat_job_ids = 0
+        self._last_job_answer: str | None = None  # the transactionId of the last 202
         self._sync_busy = False
         self._sync_last_start: float | None = None
         self._async_busy = False
@@ -518,33 +584,71 @@ class DengageEmulator:
         status: int | None = None,
         count: int = 1,
         hang_seconds: float = 0.0,
-        body: dict[str, Any] | None = None,
+        body: Any = None,
+        raw_body: str | None = None,
         headers: dict[str, str] | None = None,
+        drip_seconds: float = 0.0,
+        cut_off: bool = False,
     ) -> None:
         """Make the next ``count`` /rest/* requests under ``path`` hang and/or fail.
 
-        ``headers`` go with a fault's answer, e.g. ``{"Retry-After": "2"}``.
-
         A fault with a status answers before authentication and pacing (like a failing gateway),
-        so it never moves the once-a-minute window and applies nothing.
+        so it never moves the once-a-minute window and applies nothing. Its answer is ``body``
+        as JSON (any JSON value), or ``raw_body`` verbatim, so that clients meet non-JSON and
+        empty answers too. Without a status, the real answer is sent, shaped as below, so a
+        call can be applied and still reach the client broken.
+
+        ``headers`` replace the emulator's own of the same name (a wrong Content-Type, a
+        Content-Encoding the body does not have, a redirect's Location, Retry-After).
+        ``drip_seconds`` sends the body a byte at a time, for read timeouts that a slow
+        server trips while the connection stays busy; ``cut_off`` closes the connection
+        halfway through the announced body, as a crashing server or proxy would.
         """
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError("path must start with '/'")
-        if status is not None and (not isinstance(status, int) or not 100 <= status <= 599):
-            raise ValueError("status must be an HTTP status code")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError("count must be a positive integer")
-        if not isinstance(hang_seconds, (int, float)) or hang_seconds < 0:
-            raise ValueError("hang_seconds must be a non-negative number")
-        if body is not None and not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        if headers is not None and not (
-            isinstance(headers, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        if status is not None and (
+            not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599
         ):
-            raise ValueError("headers must map header names to strings")
+            raise ValueError("status must be an HTTP status code")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("count must be a positive integer")
+        for name, seconds in (("hang_seconds", hang_seconds), ("drip_seconds", drip_seconds)):
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+                raise ValueError(f"{name} must be a non-negative number")
+        if not isinstance(cut_off, bool):
+            raise ValueError("cut_off must be a boolean")
+        try:
+            payload = json.dumps(INJECTED_FAULT if body is None else body, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("body must be a JSON value") from None
+        raw = None
+        if raw_body is not None:
+            if not isinstance(raw_body, str):
+                raise ValueError("raw_body must be a string")
+            if status is None or body is not None:
+                raise ValueError("raw_body needs a status and no body")
+            try:
+                raw = raw_body.encode()
+            except UnicodeEncodeError:
+                raise ValueError("raw_body must be encodable as UTF-8") from None
+        _check_headers(headers)
+        if cut_off and status is not None:
+            size = len(payload.encode()) if raw is None else len(raw)
+            if _bodiless(status) or size < 2:
+                raise ValueError("cut_off needs a status with a body of at least 2 bytes")
+        fault = _Fault(
+            path,
+            status,
+            count,
+            float(hang_seconds),
+            body,
+            dict(headers) if headers is not None else None,
+            raw,
+            float(drip_seconds),
+            cut_off,
+        )
         with self._lock:
-            self._faults.append(_Fault(path, status, count, float(hang_seconds), body, headers))
+            self._faults.append(fault)
 
     def refuse_batches_containing(self, contact_keys: Iterable[str]) -> None:
         """Answer 400 FieldError, naming no record, to any BulkUpsert that carries one of these
@@ -566,6 +670,14 @@ class DengageEmulator:
         with self._lock:
             self._options = dataclasses.replace(self._options, **checked)
 
+    def repeat_job_ids(self, count: int = 1) -> None:
+        """Answer the next ``count`` async submits with the previous submit's transactionId,
+        as a buggy gateway or cache would; each job still runs under its own hidden id."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("count must be a positive integer")
+        with self._lock:
+            self._repeat_job_ids += count
+
     def reset(self) -> None:
         """Forget contacts, log, faults, jobs and the pacing window; tokens stay valid."""
         with self._lock:
@@ -577,6 +689,8 @@ class DengageEmulator:
             self._jobs.clear()
             self._job_failures.clear()
             self._job_hangs = 0
+            self._repeat_job_ids = 0
+            self._last_job_answer = None
             self._sync_last_start = None
             self._logins = 0
 
@@ -662,13 +776,11 @@ class DengageEmulator:
         try:
             if fault is not None and fault.status is not None:
                 self._pause(fault.hang_seconds)
-                reply = _Reply(
-                    fault.status,
-                    fault.body if fault.body is not None else INJECTED_FAULT,
-                    tuple((fault.headers or {}).items()),
-                )
+                reply = fault.reply(fault.status)
             else:
                 reply = self._route(method, path, authorization, body, fault, arrived[1])
+                if fault is not None:
+                    reply = fault.shape(reply)
         except Exception:
             logger.exception("emulator failed on %s %s", method, path)
             reply = _Reply(500, {"code": 999, "message": "UnexpectedError"})
@@ -839,7 +951,12 @@ class DengageEmulator:
                     duration,
                 )
                 self._jobs[job.id] = job
-            body = {"transactionId": job.id, "code": 0, "message": "Accepted", "data": None}
+                answered = job.id
+                if self._repeat_job_ids > 0:
+                    self._repeat_job_ids -= 1
+                    answered = self._last_job_answer or job.id
+                self._last_job_answer = answered
+            body = {"transactionId": answered, "code": 0, "message": "Accepted", "data": None}
             return _Reply(202, body)
         finally:
             with self._lock:
@@ -900,6 +1017,7 @@ class DengageEmulator:
             "refuse": self.refuse_batches_containing,
             "options": self.set_options,
             "expire-tokens": self.expire_tokens,
+            "repeat-job-ids": self.repeat_job_ids,
             "reset": self.reset,
         }
         if name not in readers and name not in writers:
@@ -1005,9 +1123,11 @@ class _Handler(BaseHTTPRequestHandler):
             raw,
             arrived,
         )
-        self._send(reply)
-        if entry is not None:
-            emulator._written(entry)
+        try:
+            self._send(reply)
+        finally:
+            if entry is not None:
+                emulator._written(entry)
 
     def parse_request(self) -> bool:
         """Note the arrival as soon as the request line is in, before its headers are read."""
@@ -1029,17 +1149,50 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _send(self, reply: _Reply) -> None:
-        data = json.dumps(reply.body).encode()
+        """Write ``reply``; a drip or cut-off that loses its client just ends the connection."""
+        bodiless = _bodiless(reply.status)
+        if bodiless:
+            data, own = b"", []
+        else:
+            data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+            own = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        headers = _overridden(own, reply.headers)
+        if self.close_connection and not any(name.lower() == "connection" for name, _ in headers):
+            headers.append(("Connection", "close"))
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in reply.headers:
+        for name, value in headers:
             self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        if self.command == "HEAD":
+            data = b""
+        if reply.cut_off and data:
+            data = data[: max(1, len(data) // 2)]
+        try:
+            if reply.drip_seconds > 0:
+                self._drip(data, reply.drip_seconds)
+            elif data:
+                self.wfile.write(data)
+        except ConnectionError:  # the client left (BrokenPipe, ConnectionReset): so do we
+            self.close_connection = True
+            return
+        if reply.cut_off:
+            self._hang_up()
+
+    def _drip(self, data: bytes, pause: float) -> None:
+        """Write ``data`` a byte at a time; give up, closing the connection, on stop()."""
+        stopping = self.server.emulator._stopping
+        for index in range(len(data)):
+            if index and stopping.wait(pause):
+                self._hang_up()
+                return
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+
+    def _hang_up(self) -> None:
+        """Close the connection now, whatever the headers announced."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Answer protocol-level errors in JSON too, and drop the connection (body unread)."""

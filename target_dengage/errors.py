@@ -28,12 +28,25 @@ class DengageForbiddenError(DengageError):
 
 
 class DengageRequestError(DengageError):
-    """The API refused a request as a whole (400 and other final 4xx answers)."""
+    """The API refused a request as a whole (400 and other final answers).
 
-    def __init__(self, message: str, *, status: int, issues: Sequence[ItemIssue] = ()) -> None:
+    ``refused_data``: D·engage refused the contacts themselves (a 400, or codes 1 and 11),
+    so with stop_on_error false the records it names, or halves of the request, may be
+    tried alone; any other refusal is about the call and ends the run.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        issues: Sequence[ItemIssue] = (),
+        refused_data: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.issues = tuple(issues)
+        self.refused_data = refused_data
 
 
 class DengageUnavailableError(DengageError):

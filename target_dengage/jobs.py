@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from target_dengage.errors import DengageError, DengageRequestError
+from target_dengage.masking import quote
 from target_dengage.protocol import BulkOutcome, JobStatus
 from target_dengage.statefiles import default_state_dir, read_json_object, write_json_atomic
 
@@ -124,6 +125,9 @@ class JobTracker:
         self._on_failed = on_failed
         self._inflight: dict[str, Job] = {}
         self._by_key: dict[str, Job] = {}
+        #: Every job id D·engage gave this run: a second job under one id could not be told
+        #: apart from the first, so its status would speak for contacts it never saw.
+        self._ids: set[str] = set()
         self._next_due = float("inf")
         self._recovered = False
         self.stats = JobStats()
@@ -151,6 +155,14 @@ class JobTracker:
         if self.stats.failed:
             return False
         job_id = self._client.submit_job(body)
+        if job_id in self._ids:
+            raise DengageError(
+                f"D·engage answered a BulkUpsert-Async submit of {len(group)} contacts with "
+                f"job id '{quote(job_id, 80)}', which it had already given to an earlier job "
+                "of this run. The two jobs cannot be told apart, so these contacts are not "
+                "confirmed and no STATE past them is printed; the next run sends them again."
+            )
+        self._ids.add(job_id)
         now = time.monotonic()
         job = Job(job_id, group, columns, now)
         job.poll_delay = self._poll_interval
@@ -207,7 +219,10 @@ class JobTracker:
         elif status is None:
             message = f"D·engage does not know job {job.job_id} (404)"
         elif status.state == "failed":
-            message = f"job {job.job_id} failed ('{status.word}'): {status.message or 'no reason'}"
+            message = (
+                f"job {job.job_id} failed ('{quote(status.word, 60)}'): "
+                f"{quote(status.message) or 'no reason'}"
+            )
         else:
             message = ""
         self._forget(job)

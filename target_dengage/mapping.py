@@ -50,8 +50,6 @@ EMAIL_MAX = 255
 GSM_MAX = 20
 TEXT_MAX = 100
 CUSTOM_MAX = 4000
-MASK_LONG = 40
-MASK_KEEP_DOMAIN = 64
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")  # one way to match: no backtracking
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -633,30 +631,3 @@ def raw_identity(plan: StreamPlan) -> Callable[[msgspec.Raw], tuple[str, str] | 
         return key, blake2b(raw, digest_size=16, person=person).hexdigest()
 
     return identify
-
-
-def mask(value: object) -> str:
-    """Hide personal data in log lines while keeping enough to recognise it.
-
-    ``jane.doe@example.com`` → ``j***@example.com``; ``905351234567`` → ``90***67``. The result
-    is short whatever the input (a 10 MB value must not become a 10 MB log line).
-    """
-    text = str(value) if not isinstance(value, str) else value
-    if "@" in text:
-        local, _, domain = text.partition("@")
-        return f"{local[:1]}***@{domain[:MASK_KEEP_DOMAIN]}"
-    if len(text) <= 4:
-        return "*" * len(text)
-    hidden = f"***({len(text)} chars)***" if len(text) > MASK_LONG else "***"
-    return f"{text[:2]}{hidden}{text[-2:]}"
-
-
-#: An email, or a phone-like run of 10+ digits (single spaces or dashes between them) that
-#: is not part of a longer token such as a UUID.
-_PII_RE = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+|(?<![\w-])\+?\d(?:[ -]?\d){9,}(?![\w-])")
-
-
-def scrub(text: str) -> str:
-    """Mask anything that looks like an email or a phone number in free text, e.g. an API
-    message that quotes the value it refused."""
-    return _PII_RE.sub(lambda m: mask(m.group()), text)

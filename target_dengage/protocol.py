@@ -1,17 +1,22 @@
-"""The D·engage wire format: request bodies out, answers in.
+"""The D·engage wire format: request bodies out, answers in, and what each answer means.
 
 CONTRACT.md marks several shapes as *assumed*: answer items (plain contact-key strings, or
 objects with a key and a message), where the async job id sits in the 202 answer, and the
 job-status answer with its status words. This module is the one place that interprets them,
-so when the real API turns out to differ, only this file changes.
+so when the real API turns out to differ, only this file changes. :func:`classify` is the one
+place that decides whether an answer confirms anything.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+from urllib.parse import quote as quote_path
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -68,6 +73,9 @@ def bulk_body(
             "contactDatas": rows,
             "insertIfNotExists": insert_if_not_exists,
             "stopOnError": stop_on_error,
+            # clients: the name public callers of the live API send for the same choice
+            # (CONTRACT.md); the vendor page's own name was lost, so both go, always equal.
+            "throwExceptionIfInvalidRecord": stop_on_error,
         }
     )
 
@@ -151,22 +159,37 @@ def error_issues(envelope: object) -> list[ItemIssue]:
     return _issues(payload(envelope).get("errors"))
 
 
-def parse_login(envelope: object) -> tuple[str, float]:
-    """Read ``{"access_token": ..., "expires_in": seconds}``; ``ValueError`` if it isn't there."""
+#: clients: a login's token lives an hour unless the answer says otherwise.
+DEFAULT_TOKEN_SECONDS = 3600.0
+
+
+def parse_login(envelope: object) -> tuple[str, float, object]:
+    """Read ``{"access_token": ..., "expires_in": seconds}``; ``ValueError`` without a token.
+
+    Returns the token, its lifetime, and the lifetime as sent when it was not a finite
+    positive number (then the lifetime is the default); ``None`` when it was fine.
+    """
     data = envelope if isinstance(envelope, Mapping) else {}
     token = data.get("access_token") or payload(envelope).get("access_token")
     if not isinstance(token, str) or not token:
         raise ValueError("the login answer has no access_token")
-    expires = data.get("expires_in", payload(envelope).get("expires_in", 3600))
+    expires = data.get("expires_in", payload(envelope).get("expires_in", DEFAULT_TOKEN_SECONDS))
     try:
-        seconds = float(expires)
-    except (TypeError, ValueError):
-        seconds = 3600.0
-    return token, seconds
+        seconds = float(expires) if not isinstance(expires, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds > 0:
+        return token, seconds, None
+    return token, DEFAULT_TOKEN_SECONDS, expires
 
 
 def job_path(job_id: str) -> str:
-    return f"{ASYNC_PATH}/{job_id}"
+    """The job's status path; the id is D·engage's text, so it is escaped, never trusted."""
+    return f"{ASYNC_PATH}/{quote_path(job_id, safe='')}"
+
+
+#: Longest job id taken as one: ids are UUIDs or numbers; anything longer is not an id.
+MAX_JOB_ID_LENGTH = 200
 
 
 def parse_job_id(envelope: object) -> str:
@@ -175,10 +198,10 @@ def parse_job_id(envelope: object) -> str:
         if isinstance(where, Mapping):
             job_id = _first(where, _JOB_ID_FIELDS)
             if isinstance(job_id, str | int) and not isinstance(job_id, bool):
-                return str(job_id)
-    if isinstance(envelope, str) and envelope.strip():
-        return envelope.strip()  # a bare id as the whole body
-    raise ValueError("the answer has no job id (transactionId)")
+                text = str(job_id).strip()
+                if text and len(text) <= MAX_JOB_ID_LENGTH and text.isprintable():
+                    return text
+    raise ValueError("the answer has no readable job id (transactionId)")
 
 
 @dataclass(frozen=True)
@@ -208,3 +231,121 @@ def parse_job(envelope: object) -> JobStatus:
         state = "running"
     message = envelope_message(data) or envelope_message(envelope)
     return JobStatus(state, word, message, parse_bulk_outcome(envelope))
+
+
+class Endpoint(Enum):
+    """The calls the target makes."""
+
+    LOGIN = "login"
+    BULK = "bulk"
+    SUBMIT = "submit"
+    JOB = "job"
+
+
+#: vendor: the status each endpoint answers success with (an async submit: 202 Accepted).
+SUCCESS_STATUS = {Endpoint.LOGIN: 200, Endpoint.BULK: 200, Endpoint.SUBMIT: 202, Endpoint.JOB: 200}
+
+
+class Meaning(Enum):
+    """What an answer means for the contacts it is about."""
+
+    CONFIRMED = "confirmed"  # D·engage says it took the request
+    REFUSED = "refused"  # D·engage refused the data (per record or whole): 400, codes 1 and 11
+    RETRY = "retry"  # no usable answer: 5xx, 2xx that is not a confirmation, unreadable body
+    RATE_LIMITED = "rate_limited"  # 429: slow down
+    UNAUTHENTICATED = "unauthenticated"  # 401: log in again
+    FORBIDDEN = "forbidden"  # 403
+    FAILED = "failed"  # anything else: a redirect, another 4xx; final
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An answer, read: its meaning, the parsed envelope, and the words to report it with
+    (raw answer text; quote it before it reaches a log)."""
+
+    meaning: Meaning
+    status: int
+    envelope: Any
+    said: str
+    code: int | None = None
+
+
+#: vendor: the envelope codes of a refused request's data (FieldError, ValidationFails).
+DATA_REFUSAL_CODES = frozenset({1, 11})
+#: vendor: 500 is UnexpectedError [999]; the others are gateways and proxies giving up.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_HAS_ERROR_FIELDS = ("HasError", "hasError")
+
+
+def _has_error(envelope: Mapping[str, Any]) -> bool:
+    return any(
+        where.get(name) is True
+        for where in (envelope, payload(envelope))
+        for name in _HAS_ERROR_FIELDS
+    )
+
+
+def classify(endpoint: Endpoint, status: int, body: bytes, location: str | None = None) -> Verdict:
+    """Decide what one answer of ``endpoint`` means. Every answer of every call goes here.
+
+    clients (CONTRACT.md): a 2xx confirms only when its envelope says success: a JSON object
+    whose ``code`` is absent or 0, without ``HasError`` true, with the status the endpoint
+    documents (200; 202 for an async submit). Codes 1 and 11 refuse the data, as a 400 does;
+    999, unknown codes, bodies that are not a JSON object and other 2xx statuses are no
+    answer at all, so the call is retried and, if that never helps, the run fails: nothing
+    is taken as done that D·engage did not clearly say it did.
+    """
+    envelope = _decode(body)
+    said = envelope_message(envelope) or body.decode("utf-8", "replace").strip()
+    code = envelope_code(envelope)
+    if 300 <= status < 400:
+        host = urlsplit(location or "").hostname or "no Location"
+        return Verdict(
+            Meaning.FAILED, status, envelope, f"a redirect (HTTP {status}) to {host}", code
+        )
+    if status == 401:
+        return Verdict(Meaning.UNAUTHENTICATED, status, envelope, said, code)
+    if status == 403:
+        return Verdict(Meaning.FORBIDDEN, status, envelope, said, code)
+    if status == 429:
+        return Verdict(Meaning.RATE_LIMITED, status, envelope, said, code)
+    if status == 400:
+        return Verdict(Meaning.REFUSED, status, envelope, said, code)
+    if status in RETRY_STATUSES:
+        return Verdict(Meaning.RETRY, status, envelope, said or f"HTTP {status}", code)
+    if not 200 <= status < 300:
+        return Verdict(Meaning.FAILED, status, envelope, said or f"HTTP {status}", code)
+    if not isinstance(envelope, Mapping):
+        shown = said or "an empty body"
+        return Verdict(
+            Meaning.RETRY, status, envelope, f"HTTP {status} without a JSON object: {shown}"
+        )
+    raw_code = envelope.get("code")
+    if raw_code is not None and code is None:
+        return Verdict(Meaning.RETRY, status, envelope, f"an unreadable code {raw_code!r}: {said}")
+    if code in DATA_REFUSAL_CODES and endpoint in (Endpoint.BULK, Endpoint.SUBMIT):
+        return Verdict(Meaning.REFUSED, status, envelope, said, code)
+    if code:
+        return Verdict(Meaning.RETRY, status, envelope, f"code {code}: {said}", code)
+    if _has_error(envelope):
+        if endpoint in (Endpoint.BULK, Endpoint.SUBMIT):
+            return Verdict(Meaning.REFUSED, status, envelope, f"HasError: {said}", code)
+        return Verdict(Meaning.RETRY, status, envelope, f"HasError: {said}", code)
+    if status != SUCCESS_STATUS[endpoint]:
+        return Verdict(
+            Meaning.RETRY,
+            status,
+            envelope,
+            f"HTTP {status} where D·engage answers {SUCCESS_STATUS[endpoint]}: {said}",
+            code,
+        )
+    return Verdict(Meaning.CONFIRMED, status, envelope, said, code)
+
+
+def _decode(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None

@@ -529,7 +529,13 @@ class TargetDengage(Target):
                     f"access_token. Not set: {', '.join(missing)}."
                 )
         url = urlsplit(config.get("api_url", ""))
-        if url.scheme not in ("https", "http") or not url.hostname:
+        if url.username is not None or url.password is not None:
+            errors.append(
+                "api_url must not hold a user name or password (user:password@host): the "
+                "target authenticates with userkey and password or access_token only, and "
+                "would otherwise send those credentials too."
+            )
+        elif url.scheme not in ("https", "http") or not url.hostname:
             errors.append(f"api_url '{config.get('api_url')}' is not an http(s) URL.")
         elif url.scheme == "http" and not _is_loopback(url.hostname):
             errors.append(

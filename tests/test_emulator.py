@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import logging
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -10,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -358,6 +362,252 @@ def test_injected_faults_answer_without_applying(api: Api) -> None:
     assert [call["status"] for call in api.emulator.bulk_calls()] == [500, 500, 503, 200]
 
 
+def connect(emulator: DengageEmulator) -> http.client.HTTPConnection:
+    """A bare connection, for tests that watch what exactly comes over the wire."""
+    url = urlsplit(emulator.url)
+    assert url.hostname is not None
+    assert url.port is not None
+    return http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+
+
+LOGIN = b'{"userkey": "demo", "password": "demo-password"}'
+JSON = {"Content-Type": "application/json"}
+
+
+def test_faults_send_raw_bodies_under_any_content_type(api: Api) -> None:
+    path = "/rest/bulk/contacts"
+    html = "<html><body>502 Bad Gateway: Übergangsfehler</body></html>"
+    api.emulator.inject_fault(
+        path, status=502, raw_body=html, headers={"content-type": "text/html"}
+    )
+    api.emulator.inject_fault(path, status=500, raw_body="oops")
+    api.emulator.inject_fault(path, status=503, raw_body="")
+    gateway = api.upsert([{"contact_key": "c1"}])
+    assert (gateway.status_code, gateway.content) == (502, html.encode())
+    assert gateway.headers["Content-Type"] == "text/html"  # replaced, not sent twice
+    assert gateway.headers["Content-Length"] == str(len(html.encode()))
+    plain = api.upsert([{"contact_key": "c1"}])
+    assert (plain.status_code, plain.content) == (500, b"oops")
+    assert plain.headers["Content-Type"] == "text/plain; charset=utf-8"
+    empty = api.upsert([{"contact_key": "c1"}])
+    assert (empty.status_code, empty.content, empty.headers["Content-Length"]) == (503, b"", "0")
+    assert api.upsert([{"contact_key": "c1"}]).status_code == 200  # the connection is intact
+    assert [call["status"] for call in api.emulator.bulk_calls()] == [502, 500, 503, 200]
+
+
+@pytest.mark.parametrize("body", [[], [1, "two", None], "text", 3.5, 0, False, {}])
+def test_fault_bodies_may_be_any_json_value(api: Api, body: Any) -> None:
+    api.emulator.inject_fault("/rest/bulk/contacts", status=200, body=body)
+    response = api.upsert([{"contact_key": "c1"}], insertIfNotExists=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == body
+    assert api.emulator.contacts() == {}
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_statuses_keep_the_connection_aligned(
+    emulator: DengageEmulator, session: requests.Session, status: int
+) -> None:
+    emulator.inject_fault("/rest/login", status=status, body={"sent": "never"}, count=2)
+    connection = connect(emulator)
+    try:
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        first = connection.getresponse()
+        assert (first.status, first.read(), first.getheader("Content-Length")) == (
+            status,
+            b"",
+            None,
+        )
+        wire = connection.sock
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        second = connection.getresponse()
+        assert (second.status, second.read()) == (status, b"")
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        third = connection.getresponse()
+        assert third.status == 200
+        assert b"access_token" in third.read()
+        assert connection.sock is wire  # one connection all along: no stray body bytes
+    finally:
+        connection.close()
+
+    emulator.inject_fault("/rest/login", status=status)
+    url, body = f"{emulator.url}/rest/login", {"userkey": "demo", "password": PASSWORD}
+    bodiless = session.post(url, json=body, timeout=5)
+    assert (bodiless.status_code, bodiless.content) == (status, b"")
+    assert session.post(url, json=body, timeout=5).json()["access_token"]
+
+
+def test_faults_can_redirect(api: Api) -> None:
+    location = "http://example.invalid/elsewhere"
+    for status in (302, 307):
+        api.emulator.inject_fault(
+            "/rest/bulk/contacts", status=status, headers={"Location": location}
+        )
+        body = {
+            "columns": ["contact_key"],
+            "contactDatas": [{"contact_key": "c1"}],
+            "insertIfNotExists": True,
+        }
+        response = api.call("POST", "/rest/bulk/contacts", json=body, allow_redirects=False)
+        assert (response.status_code, response.headers["Location"]) == (status, location)
+        assert response.is_redirect
+    assert api.emulator.contacts() == {}
+
+
+def test_a_body_labelled_gzip_that_is_not_fails_to_decode(api: Api) -> None:
+    api.emulator.inject_fault(
+        "/rest/bulk/contacts", status=200, headers={"Content-Encoding": "gzip"}
+    )
+    with pytest.raises(requests.exceptions.ContentDecodingError):
+        api.upsert([{"contact_key": "c1"}])
+
+
+def test_drip_delivers_the_whole_body(emulator: DengageEmulator) -> None:
+    emulator.inject_fault("/rest/login", status=503, raw_body="hello", drip_seconds=0.001)
+    emulator.inject_fault("/rest/login", drip_seconds=0.001)  # the real answer, dripped
+    connection = connect(emulator)
+    try:
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        faulty = connection.getresponse()
+        assert faulty.getheader("Content-Length") == "5"
+        assert [faulty.read(1) for _ in range(6)] == [b"h", b"e", b"l", b"l", b"o", b""]
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        real = connection.getresponse()
+        assert real.status == 200
+        assert b"access_token" in real.read()
+    finally:
+        connection.close()
+    assert emulator.login_count() == 1
+
+
+def test_drip_sends_a_byte_at_a_time_and_gives_up_on_stop() -> None:
+    emulator = DengageEmulator().start()
+    url = urlsplit(emulator.url)
+    assert url.hostname is not None
+    assert url.port is not None
+    # The pause far outlasts the test, so no second byte can come before stop().
+    emulator.inject_fault("/rest/login", status=503, raw_body="hello", drip_seconds=600)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as client:
+        client.sendall(b"POST /rest/login HTTP/1.1\r\nHost: emulator\r\nContent-Length: 0\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = client.recv(4096)
+            assert chunk
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert b"\r\nContent-Length: 5\r\n" in head
+        if not body:
+            body = client.recv(4096)
+        assert body == b"h"
+
+        stopper = threading.Thread(target=emulator.stop)
+        stopper.start()
+        stopper.join(timeout=60)  # a safety net: a drip that ignored stop() would take 40 min
+        assert not stopper.is_alive()
+        assert client.recv(4096) == b""  # hung up, the body still incomplete
+
+
+def test_a_client_leaving_mid_drip_ends_the_answer_quietly(
+    emulator: DengageEmulator, session: requests.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="target_dengage.emulator")
+    emulator.inject_fault("/rest/login", status=503, raw_body="x" * 500, drip_seconds=0.001)
+    connection = connect(emulator)
+    connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+    response = connection.getresponse()
+    assert response.read(1) == b"x"
+    connection.close()
+    body = {"userkey": "demo", "password": PASSWORD}
+    assert session.post(f"{emulator.url}/rest/login", json=body, timeout=5).status_code == 200
+    emulator.stop()
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+
+
+def test_cut_off_answers_end_before_their_content_length(api: Api) -> None:
+    path = "/rest/bulk/contacts"
+    api.emulator.inject_fault(path, status=500, cut_off=True)
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        api.upsert([{"contact_key": "c1"}], insertIfNotExists=True)
+    assert api.emulator.contacts() == {}
+
+    api.emulator.inject_fault(path, cut_off=True)  # the real answer: applied, then lost
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        api.upsert([{"contact_key": "c1"}], insertIfNotExists=True)
+    assert set(api.emulator.contacts()) == {"c1"}
+    assert [call["status"] for call in api.emulator.bulk_calls()] == [500, 200]
+    assert api.upsert([{"contact_key": "c1"}]).status_code == 200
+
+
+def test_cut_off_sends_the_first_half_then_hangs_up(emulator: DengageEmulator) -> None:
+    emulator.inject_fault("/rest/login", status=500, raw_body="0123456789", cut_off=True)
+    connection = connect(emulator)
+    try:
+        connection.request("POST", "/rest/login", body=LOGIN, headers=JSON)
+        response = connection.getresponse()
+        assert response.getheader("Content-Length") == "10"
+        assert response.getheader("Connection") is None  # nothing warned of the hang-up
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            response.read()
+        assert cut.value.partial == b"01234"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"status": True},
+        {"status": 600},
+        {"count": 0},
+        {"hang_seconds": -1},
+        {"drip_seconds": -0.5},
+        {"drip_seconds": "1"},
+        {"cut_off": 1},
+        {"status": 500, "body": {1, 2}},
+        {"status": 500, "body": float("nan")},
+        {"raw_body": "no status"},
+        {"status": 500, "raw_body": b"bytes"},
+        {"status": 500, "raw_body": "x", "body": {"both": True}},
+        {"status": 500, "raw_body": "\ud800"},
+        {"status": 500, "headers": {"X-Bad": "split\r\nInjected: yes"}},
+        {"status": 500, "headers": {"Bad Name": "x"}},
+        {"status": 500, "headers": {"content-length": "3"}},
+        {"status": 500, "headers": {"Transfer-Encoding": "chunked"}},
+        {"status": 500, "headers": {"X-Number": 3}},
+        {"status": 204, "cut_off": True},
+        {"status": 500, "raw_body": "x", "cut_off": True},
+    ],
+)
+def test_inject_fault_refuses_bad_arguments(emulator: DengageEmulator, kwargs: Any) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        emulator.inject_fault("/rest/login", **kwargs)
+
+
+def test_the_admin_endpoint_takes_the_new_fault_arguments(api: Api) -> None:
+    url, http = api.emulator.url, api.session
+    fault = {
+        "path": "/rest/bulk",
+        "status": 502,
+        "raw_body": "<h1>Bad Gateway</h1>",
+        "headers": {"Content-Type": "text/html"},
+        "drip_seconds": 0.001,
+    }
+    assert http.post(f"{url}/_emulator/faults", json=fault, timeout=5).json() == {"ok": True}
+    assert (
+        http.post(f"{url}/_emulator/faults", json={**fault, "cut_off": "yes"}, timeout=5).json()[
+            "code"
+        ]
+        == 1
+    )
+    response = api.upsert([{"contact_key": "c1"}])
+    assert (response.status_code, response.text) == (502, "<h1>Bad Gateway</h1>")
+    assert response.headers["Content-Type"] == "text/html"
+    array = {"path": "/rest/bulk", "status": 200, "body": ["a"]}
+    assert http.post(f"{url}/_emulator/faults", json=array, timeout=5).status_code == 200
+    assert api.upsert([{"contact_key": "c1"}]).json() == ["a"]
+
+
 def job_status(api: Api, job_id: str) -> dict[str, Any]:
     response = api.call("GET", f"/rest/bulk/async/contacts/{job_id}")
     assert response.status_code == 200
@@ -411,6 +661,73 @@ def test_failed_and_hung_jobs(api: Api) -> None:
         "boom",
     )
     assert api.emulator.contacts() == {}
+
+
+def test_repeated_job_ids(api: Api) -> None:
+    path = "/rest/bulk/async/contacts"
+    first = api.upsert([{"contact_key": "c0"}], path=path, insertIfNotExists=True)
+    api.emulator.repeat_job_ids()
+    second = api.upsert([{"contact_key": "c1"}], path=path, insertIfNotExists=True)
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json()["transactionId"] == second.json()["transactionId"]
+    third = api.upsert([{"contact_key": "c2"}], path=path, insertIfNotExists=True)
+    assert third.json()["transactionId"] != first.json()["transactionId"]
+    assert set(api.emulator.contacts()) == {"c0", "c1", "c2"}  # every job ran
+    jobs = api.emulator.jobs()
+    assert len({job["id"] for job in jobs}) == 3
+    assert [job["contact_keys"] for job in jobs] == [["c0"], ["c1"], ["c2"]]
+
+    repeat = f"{api.emulator.url}/_emulator/repeat-job-ids"
+    assert api.session.post(repeat, json={"count": 2}, timeout=5).json() == {"ok": True}
+    assert api.session.post(repeat, json={"count": 0}, timeout=5).status_code == 400
+    answers = [
+        api.upsert([{"contact_key": f"d{n}"}], path=path, insertIfNotExists=True).json()
+        for n in range(2)
+    ]
+    assert {answer["transactionId"] for answer in answers} == {third.json()["transactionId"]}
+    assert {"d0", "d1"} <= set(api.emulator.contacts())
+
+    api.emulator.reset()
+    api.emulator.repeat_job_ids()
+    alone = api.upsert([{"contact_key": "e"}], path=path, insertIfNotExists=True).json()
+    assert [job["id"] for job in api.emulator.jobs()] == [alone["transactionId"]]
+
+
+def test_repeat_job_ids_needs_a_positive_count(emulator: DengageEmulator) -> None:
+    for count in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="count"):
+            emulator.repeat_job_ids(count)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["/rest/bulk/contacts", "/rest/bulk/async/contacts"])
+def test_throw_exception_if_invalid_record_is_another_name_for_stop_on_error(
+    api: Api, path: str
+) -> None:
+    rows = [{"contact_key": "c1", "gsm": "905351234567"}, {"contact_key": "c2", "gsm": "12a"}]
+    stopped = api.upsert(
+        rows, path=path, insertIfNotExists=True, throwExceptionIfInvalidRecord=True
+    )
+    assert (stopped.status_code, stopped.json()["code"]) == (400, 11)
+    assert api.emulator.contacts() == {}
+    carried_on = api.upsert(
+        rows, path=path, insertIfNotExists=True, throwExceptionIfInvalidRecord=False
+    )
+    assert carried_on.status_code in (200, 202)
+    assert set(api.emulator.contacts()) == {"c1"}
+    agreed = api.upsert(rows, path=path, stopOnError=False, throwExceptionIfInvalidRecord=False)
+    assert agreed.status_code in (200, 202)
+    for flags in (
+        {"stopOnError": True, "throwExceptionIfInvalidRecord": False},
+        {"stopOnError": False, "throwExceptionIfInvalidRecord": True},
+    ):
+        refused = api.upsert(rows, path=path, **flags)
+        assert (refused.status_code, refused.json()) == (
+            400,
+            {"code": 1, "message": "stopOnError and throwExceptionIfInvalidRecord disagree"},
+        )
+    wrong = api.upsert(rows, path=path, throwExceptionIfInvalidRecord="false")
+    assert (wrong.status_code, wrong.json()["code"]) == (400, 1)
+    assert "throwExceptionIfInvalidRecord" in wrong.json()["message"]
 
 
 def test_async_concurrency_is_limited(api: Api) -> None:

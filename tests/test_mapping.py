@@ -11,9 +11,7 @@ from target_dengage.mapping import (
     StreamConfigError,
     StreamPlan,
     build_row,
-    mask,
     plan_stream,
-    scrub,
     validate_column_config,
 )
 
@@ -163,18 +161,3 @@ def test_column_config_validation() -> None:
     assert any("both 'a' and 'b' map to 'email'" in e for e in errors)
     assert any("'nope' is neither" in e for e in errors)
     assert any("'gsm' is a built-in" in e for e in errors)
-
-
-def test_mask_hides_personal_data() -> None:
-    assert mask("jane.doe@example.com") == "j***@example.com"
-    assert mask("905351234567") == "90***67"
-    assert mask("x" * 10_000_000) == "xx***(10000000 chars)***xx"
-    assert mask("abc") == "***"
-
-
-def test_scrub_masks_emails_and_phone_numbers_in_free_text() -> None:
-    text = scrub("Invalid email 'Jane.Doe@example.com' and gsm 905351234567 for id 4711")
-    assert text == "Invalid email 'J***@example.com' and gsm 90***67 for id 4711"
-    job = "job 6e363e66-9301-4574-9301-457493014574 failed"
-    assert scrub(job) == job
-    assert scrub("call +90 535-123-45-67 now") == "call +9***67 now"

@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,10 @@ def test_second_401_after_a_fresh_login_is_fatal(
 def test_sigkill_at_random_points_then_resume_from_the_last_state(
     emulator: DengageEmulator, base_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Ten crashes, each at a random moment of a 5-batch load; the rerun resumes from the
-    last STATE printed, as an orchestrator would. Nothing is lost, no STATE comes early."""
+    """Ten crashes, each at a random point of a 5-batch load: while call k is in flight, or
+    right after its answer was written (observed in the emulator, not on a timer). The
+    rerun resumes from the last STATE printed, as an orchestrator would. Nothing is lost, no
+    STATE comes early."""
     total, batch = 500, 100
     config = {**base_config, "column_mapping": MAPPING, "batch_size_rows": batch}
     rng = random.Random(20261123)
@@ -144,13 +147,23 @@ def test_sigkill_at_random_points_then_resume_from_the_last_state(
     for _ in range(10):
         emulator.reset()
         emulator.inject_fault(BULK, hang_seconds=0.2, count=10_000)  # each call takes a while
-        crashed = run_target(
-            config, _messages(1, total, every=25), tmp_path, kill_after=rng.uniform(0.3, 1.8)
-        )
+        in_flight = rng.random() < 0.5
+        calls = rng.randint(1, total // batch if in_flight else total // batch - 1)
+
+        def reached(calls: int = calls, in_flight: bool = in_flight) -> bool:
+            seen = emulator.bulk_calls()
+            if in_flight:
+                return len(seen) >= calls
+            return len(seen) >= calls and seen[calls - 1]["replied"] is not None
+
+        crashed = run_target(config, _messages(1, total, every=25), tmp_path, kill_when=reached)
         assert_states_follow_confirmations(crashed, emulator)
         if crashed.returncode == 0:
             continue  # finished before the kill came
         killed_mid_load += 1
+        # The killed call may still be in the emulator: let it end, as D·engage's would.
+        while any(call["replied"] is None for call in emulator.bulk_calls()):
+            time.sleep(0.01)
         position = crashed.states[-1]["position"] if crashed.states else 0
         if position < total:
             resumed = run_target(config, _messages(position + 1, total, every=25), tmp_path)
