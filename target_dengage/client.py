@@ -295,7 +295,7 @@ class DengageClient:
             self._logger.warning(
                 "D·engage's login answer gave the token's lifetime as %s, not a positive "
                 "number of seconds; assuming %d s.",
-                quote(repr(odd), 60),
+                quote(odd, 60),
                 lifetime,
             )
         self.logins += 1

@@ -694,6 +694,11 @@ class DengageEmulator:
             self._sync_last_start = None
             self._logins = 0
 
+    def clear_faults(self) -> None:
+        """Drop the faults not yet used, keeping what is stored: D·engage healed."""
+        with self._lock:
+            self._faults.clear()
+
     def fail_next_jobs(
         self, count: int = 1, message: str = "Injected job failure", *, after: int = 0
     ) -> None:

@@ -163,11 +163,11 @@ def error_issues(envelope: object) -> list[ItemIssue]:
 DEFAULT_TOKEN_SECONDS = 3600.0
 
 
-def parse_login(envelope: object) -> tuple[str, float, object]:
+def parse_login(envelope: object) -> tuple[str, float, str | None]:
     """Read ``{"access_token": ..., "expires_in": seconds}``; ``ValueError`` without a token.
 
-    Returns the token, its lifetime, and the lifetime as sent when it was not a finite
-    positive number (then the lifetime is the default); ``None`` when it was fine.
+    Returns the token, its lifetime, and how the answer spelled the lifetime when it was not
+    a finite positive number (then the lifetime is the default); ``None`` when it was fine.
     """
     data = envelope if isinstance(envelope, Mapping) else {}
     token = data.get("access_token") or payload(envelope).get("access_token")
@@ -180,7 +180,7 @@ def parse_login(envelope: object) -> tuple[str, float, object]:
         seconds = math.nan
     if math.isfinite(seconds) and seconds > 0:
         return token, seconds, None
-    return token, DEFAULT_TOKEN_SECONDS, expires
+    return token, DEFAULT_TOKEN_SECONDS, repr(expires)
 
 
 def job_path(job_id: str) -> str:
