@@ -73,6 +73,8 @@ Unmapped = tuple[tuple[str, str], msgspec.Raw, int, int, Materialize]
 #: Ledger lookups out at once (change detection): enough that the record loop never waits
 #: for one, while each holds a request's worth of records.
 LOOKUPS_IN_FLIGHT = 2
+#: How much of an undecodable input line the rejected file keeps.
+LINE_KEPT_CHARS = 2000
 #: How many individual API errors or warnings are spelled out in the log per request.
 ISSUES_LOGGED_PER_REQUEST = 5
 
@@ -395,6 +397,25 @@ class ContactBatcher:
             fatal=fatal,
         )
         return f"Invalid record ({pending.describe()}): {reason}"
+
+    def reject_line(
+        self, number: int, stream: str | None, reason: str, line: bytes | str, seq: int
+    ) -> None:
+        """Set aside an input line that could not be decoded into a record at all."""
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        self.stats.records_read += 1
+        self.stats.rejected_locally += 1
+        entry = {
+            "stream": stream,
+            "record_number": None,
+            "line_number": number,
+            "contact_key": None,
+            "field": None,
+            "reason": reason,
+            "source": "input",
+            "line": text[:LINE_KEPT_CHARS],
+        }
+        self._account([entry], [seq], fatal=False)
 
     def flush_all(self) -> None:
         """Send everything buffered and, in async mode, wait until every job is resolved."""

@@ -75,13 +75,13 @@ def default_ledger_url(account: str) -> str:
 
 def open_ledger(url: str, account: str) -> Ledger:
     """The standard library for a plain SQLite file URL, SQLAlchemy for everything else."""
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         return SqliteLedger(url, account, path)
     return SqlAlchemyLedger(url, account)
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The file of ``sqlite:///relative`` or ``sqlite:////absolute`` (as SQLAlchemy reads
     them), or None for any URL the standard library should not interpret itself."""
     if not url.startswith("sqlite:///") or "?" in url:

@@ -102,6 +102,27 @@ def _clean(text: str) -> str:
     return text
 
 
+#: Most digits of a number turned into text: more than any column holds. Checked first, in
+#: constant time, because the conversion grows with the number (``1e100000000`` is 14 bytes
+#: of JSON and would take hours to write out).
+MAX_NUMBER_DIGITS = CUSTOM_MAX
+_MAX_NUMBER_BITS = int(MAX_NUMBER_DIGITS * 3.33)
+_TOO_LARGE = f"is a number too large (more than {MAX_NUMBER_DIGITS} digits)"
+
+
+def _whole_or_decimal(value: Decimal, max_digits: int = MAX_NUMBER_DIGITS) -> str:
+    """A finite number as text: whole numbers without a fraction or exponent."""
+    if not value.is_finite():
+        raise InvalidValueError("is not a finite number")
+    if value.adjusted() >= max_digits:
+        raise InvalidValueError(
+            _TOO_LARGE
+            if max_digits == MAX_NUMBER_DIGITS
+            else f"is a number too large (more than {max_digits} digits)"
+        )
+    return str(int(value)) if value == value.to_integral_value() else str(value)
+
+
 def _text(value: object) -> str:
     if type(value) is str:  # the common case first: this runs for every text cell
         if not value or value.isspace():
@@ -112,11 +133,11 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
+        if value.bit_length() > _MAX_NUMBER_BITS:
+            raise InvalidValueError(_TOO_LARGE)
         return str(value)
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidValueError("is not a finite number")
-        return str(int(value)) if value == value.to_integral_value() else str(value)
+        return _whole_or_decimal(value)
     if isinstance(value, float):
         return _text(Decimal(repr(value)))
     if isinstance(value, dt.datetime | dt.date):
@@ -128,6 +149,8 @@ def coerce_key(value: object) -> str:
     """Contact keys: text or whole numbers (``42`` and ``42.0`` both become ``"42"``)."""
     if isinstance(value, bool | dict | list):
         raise InvalidValueError(f"must be text or a whole number, not {_kind(value)}")
+    if isinstance(value, Decimal):
+        value = _whole_or_decimal(value, CONTACT_KEY_MAX)
     try:
         text = _text(value).strip()
     except Absent:
@@ -205,9 +228,9 @@ def coerce_gsm(value: object) -> str:
     if isinstance(value, bool):
         raise InvalidValueError("must be a phone number, not a boolean")
     if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, Decimal) and value.is_finite() and value == int(value):
-        text = str(int(value))
+        text = str(value) if value.bit_length() <= _MAX_NUMBER_BITS else "x"
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        text = _whole_or_decimal(value, GSM_MAX + 1)
     elif isinstance(value, str):
         if not value or value.isspace():
             raise Absent
@@ -241,11 +264,13 @@ def coerce_text100(value: object) -> str:
 
 def coerce_custom(value: object) -> str:
     """Custom columns are sent as text; objects and arrays as compact JSON."""
-    text = (
-        json.dumps(value, separators=(",", ":"), default=str)
-        if isinstance(value, dict | list)
-        else _text(value)
-    )
+    if isinstance(value, dict | list):
+        try:
+            text = json.dumps(value, separators=(",", ":"), default=str)
+        except RecursionError:
+            raise InvalidValueError("is nested too deeply to be sent as text") from None
+    else:
+        text = _text(value)
     if len(text) > CUSTOM_MAX:
         raise InvalidValueError(f"is {len(text)} characters long; the limit is {CUSTOM_MAX}")
     return text

@@ -14,6 +14,8 @@ MASK_LONG = 40
 MASK_KEEP_DOMAIN = 64
 #: Most characters of an answer's text quoted in a log line or an error.
 QUOTE_LIMIT = 300
+#: Shorter values are not searched for: replacing every "p" of a text hides nothing.
+MIN_SECRET_LENGTH = 4
 #: What stands in for a secret found in quoted text.
 REDACTED = "[redacted]"
 
@@ -26,7 +28,7 @@ def hide(secret: str | None) -> None:
     text that :func:`quote` prepares. Process-wide, like a CI's secret mask, because every
     log line of the run must respect it, whichever module writes it."""
     global _secrets
-    if not secret:
+    if not secret or len(secret) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
         if secret not in _secrets:

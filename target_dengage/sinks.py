@@ -6,18 +6,22 @@ import decimal
 import typing as t
 
 import msgspec
+from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
+from singer_sdk.sinks.core import JSONSchemaValidator
 
 from target_dengage.batcher import Pending, RecordSource
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
 from target_dengage.mapping import (
     CONTACT_KEY,
     Built,
+    FieldProblem,
     StreamConfigError,
     plan_stream,
     raw_identity,
 )
+from target_dengage.masking import quote
 
 if t.TYPE_CHECKING:
     from target_dengage.target import TargetDengage
@@ -26,6 +30,35 @@ if t.TYPE_CHECKING:
 AGE_CHECK_EVERY = 255
 #: Invalid records spelled out in the log before the rest go only to the rejected file.
 REJECTIONS_LOGGED = 20
+
+
+class SchemaCheck(JSONSchemaValidator):
+    """The SDK's JSON-schema validation (``validate_records``), with a violation kept for
+    the sink to set the record aside like any invalid record, instead of raised: raised, it
+    would end the run with a traceback whose message quotes the raw value."""
+
+    violation: tuple[str, str] | None = None
+
+    def validate(self, record: dict[str, t.Any]) -> None:
+        try:
+            super().validate(record)
+        except InvalidRecord as exc:
+            self.violation = _violation(exc)
+
+
+def _violation(exc: InvalidRecord) -> tuple[str, str]:
+    """The property a schema violation is about, and what is wrong, without its value."""
+    cause = exc.__cause__
+    path = [str(part) for part in getattr(cause, "path", ())]
+    rule = getattr(cause, "validator", None)
+    if rule is None:
+        return "", f"does not match the tap's schema ({quote(str(exc), 120)})"
+    expected = quote(repr(getattr(cause, "validator_value", "")), 80)
+    where = "/".join(path[1:])
+    inside = f" at '{quote(where, 80)}'" if where else ""
+    return (
+        path[0] if path else ""
+    ), f"does not match the tap's schema{inside} ({rule}: {expected})"
 
 
 class DengageSink(BatchSink):
@@ -57,6 +90,8 @@ class DengageSink(BatchSink):
         except StreamConfigError as exc:
             raise InvalidInputError(str(exc)) from None
         plan = self._plan
+        #: Which column each property feeds, to name a schema violation's column.
+        self._columns = {source: column for source, column, _ in plan.steps}
         self._build = plan.build
         self._identify = raw_identity(plan)
         self._build_shape = plan.build_shape
@@ -118,6 +153,13 @@ class DengageSink(BatchSink):
             ", ".join(f"{s}→{c}" if s != c else c for s, c, _ in plan.steps),
         )
 
+    def get_validator(self) -> SchemaCheck | None:
+        """Validation that sets an invalid record aside instead of crashing (see
+        :class:`SchemaCheck`)."""
+        if not self.validate_schema:
+            return None
+        return SchemaCheck(self.schema, validate_formats=self.validate_field_string_format)
+
     @property
     def is_full(self) -> bool:
         """Never: the batcher sends each column set's request the moment it is full."""
@@ -140,7 +182,15 @@ class DengageSink(BatchSink):
         batcher = self._batcher
         batcher.stats.records_read += 1
         number = self._record_number
-        pending = self._admit(self._build(record), record, number, self._dengage.record_seq)
+        built = self._build(record)
+        check = self._validator
+        if isinstance(check, SchemaCheck) and check.violation is not None:
+            source, message = check.violation
+            check.violation = None
+            row, problems = built
+            column = self._columns.get(source, source or CONTACT_KEY)
+            built = row, [FieldProblem(column, source or column, message), *(problems or ())]
+        pending = self._admit(built, record, number, self._dengage.record_seq)
         if pending is not None:
             batcher.add(pending)
 

@@ -44,3 +44,23 @@ def write_json_atomic(path: Path, data: dict[str, Any], *, durable: bool = True)
 def default_state_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "target-dengage"
+
+
+def unwritable(path: Path, *, replaced: bool = False) -> str | None:
+    """Why the run could not write ``path``, or None. Checked before the run reads a line,
+    so a bad path fails at once, not after hours of loading. The folder is created; the
+    file is opened for appending (and removed again if that created it); for a file that is
+    ``replaced`` whole, a temporary file must be possible beside it too."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with path.open("ab"):
+            pass
+        if not existed:
+            path.unlink()
+        if replaced:
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None

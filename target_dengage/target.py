@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -15,11 +16,13 @@ from collections import Counter, deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import click
 import msgspec
 from singer_sdk import typing as th
 from singer_sdk.exceptions import (
     ConfigValidationError,
     RecordsWithoutSchemaException,
+    SingerSDKError,
     StreamMapConfigError,
 )
 from singer_sdk.io_base import SingerReader
@@ -30,10 +33,12 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_dengage.batcher import ContactBatcher, DryRunWriter
+from target_dengage.batchfiles import BatchFileError, batch_records
 from target_dengage.client import DengageClient
 from target_dengage.errors import DengageError, InvalidInputError
 from target_dengage.jobs import AsyncOptions, JobJournal, default_journal_path
 from target_dengage.mapping import validate_column_config
+from target_dengage.masking import quote
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.rejects import RejectedRecords
 from target_dengage.report import (
@@ -45,13 +50,14 @@ from target_dengage.report import (
     summary_text,
 )
 from target_dengage.sinks import AGE_CHECK_EVERY, DengageSink
-from target_dengage.statefiles import write_json_atomic
+from target_dengage.statefiles import unwritable, write_json_atomic
 
 if t.TYPE_CHECKING:
     from types import FrameType
 
     from target_dengage.ledger import Ledger
 
+logger = logging.getLogger(__name__)
 API_MAX_BATCH = 1000
 _DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
 #: STATEs held back at most; beyond it the newest replaces the last one held.
@@ -79,12 +85,25 @@ class _Envelope(msgspec.Struct):
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 
 
+#: Longest input line read: one Singer message, a record of a few KB in practice. A longer
+#: line is passed over unread (memory stays bounded) and set aside like an undecodable one.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+_STREAM_NAME = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+
+
+def _refuse_line(number: int, line: bytes | str, why: str) -> None:
+    raise InvalidInputError(
+        f"Input line {number} {why}; a Singer tap must write one JSON message per line."
+    )
+
+
 class LineNumberedReader(SingerReader):
     """The SDK's reader loop, leaner: msgspec decodes each line (several times faster than
     the standard library; floats still become ``Decimal``, as in the SDK's reader), the
     ``type`` check is done once, and malformed input is named by its line number without
-    echoing it (a line may hold a whole contact). Standard input is read as bytes: msgspec
-    checks the UTF-8 itself, so nothing is decoded twice."""
+    echoing it (a line may hold a whole contact). Input is read as bytes, a line at most
+    ``MAX_LINE_BYTES`` long: msgspec checks the UTF-8 itself, so nothing is decoded twice,
+    and a line number is always the line's."""
 
     line_number = 0
 
@@ -96,10 +115,13 @@ class LineNumberedReader(SingerReader):
         #: Of those, the streams whose records may be taken as JSON text (change detection's
         #: short path): stream → a function that takes a record's text, or declines it.
         self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
+        #: Told of a line that cannot be decoded (number, line, why): it stops the run by
+        #: raising, or sets the line aside and returns.
+        self.on_unreadable: t.Callable[[int, bytes | str, str], None] = _refuse_line
 
     def process_lines(
         self,
-        file_input: t.IO[str] | None,
+        file_input: t.IO[str] | t.IO[bytes] | None,
         callbacks: dict[str, t.Callable[[dict[str, t.Any]], None]],
     ) -> t.Counter[str]:
         stats: t.Counter[str] = Counter()
@@ -107,15 +129,23 @@ class LineNumberedReader(SingerReader):
         records = self.records
         raw_records = self.raw_records
         envelope = _ENVELOPE.decode
-        not_read = msgspec.DecodeError
+        not_read = (msgspec.DecodeError, RecursionError)
         direct = 0
         # The stream of the last record, whose sink reads the next line first: runs of
         # records of one stream are decoded straight into the shape its rows are built from.
         shaped: str | None = None
         shaper: DengageSink | None = None
         lines: t.IO[str] | t.IO[bytes] = file_input or sys.stdin.buffer
-        for line in lines:
+        readline = lines.readline
+        limit = MAX_LINE_BYTES + 1
+        while line := readline(limit):
             self.line_number += 1
+            if len(line) == limit and line[-1:] not in (b"\n", "\n"):
+                self._pass_over(readline, limit)
+                self.on_unreadable(
+                    self.line_number, line, f"is longer than {MAX_LINE_BYTES:,} bytes"
+                )
+                continue
             if raw_records:
                 try:
                     outline = envelope(line)
@@ -138,6 +168,8 @@ class LineNumberedReader(SingerReader):
                         direct += 1
                         continue
             message = decode(line)
+            if message is None:
+                continue
             kind = message["type"]
             if kind == "RECORD":
                 stream = message.get("stream")
@@ -153,31 +185,70 @@ class LineNumberedReader(SingerReader):
                 shaper = None  # a SCHEMA may replace the sink
             callback = callbacks.get(kind)
             if callback is None:
-                self._process_unknown_message(message)
-            else:
-                callback(message)
+                raise InvalidInputError(
+                    f"Input line {self.line_number}: unknown Singer message type "
+                    f"'{kind[:40]}' (expected SCHEMA, RECORD, STATE, ACTIVATE_VERSION or "
+                    "BATCH)."
+                )
+            self._handle(callback, message)
             stats[kind] += 1
         stats["RECORD"] += direct
         return stats
 
+    def _handle(
+        self, callback: t.Callable[[dict[str, t.Any]], None], message: dict[str, t.Any]
+    ) -> None:
+        """Hand a message to the SDK's steps; whatever they raise about it (a stream map
+        failing on a value, a malformed schema) becomes one line naming the input line."""
+        try:
+            callback(message)
+        except (DengageError, InvalidInputLine, RecordsWithoutSchemaException):
+            raise
+        except (SingerSDKError, KeyError, TypeError, ValueError, RecursionError) as exc:
+            logger.debug("The SDK failed on input line %d", self.line_number, exc_info=True)
+            stream = message.get("stream")
+            named = f" (stream '{stream}')" if isinstance(stream, str) else ""
+            raise InvalidInputError(
+                f"Input line {self.line_number}{named}, a {message['type']} message, cannot "
+                f"be processed: {type(exc).__name__}: {quote(str(exc))}"
+            ) from None
+
+    @staticmethod
+    def _pass_over(readline: t.Callable[[int], bytes | str], limit: int) -> None:
+        """Read the rest of an overlong line, a block at a time, keeping none of it."""
+        while (rest := readline(limit)) and rest[-1:] not in (b"\n", "\n"):
+            pass
+
     def deserialize_json(self, line: str) -> dict[str, t.Any]:
         self.line_number += 1
-        return self._decode(line)
+        message = self._decode(line)
+        if message is None:
+            raise InvalidInputError(f"Input line {self.line_number} cannot be decoded.")
+        return message
 
-    def _decode(self, line: str | bytes) -> dict[str, t.Any]:
+    def _decode(self, line: str | bytes) -> dict[str, t.Any] | None:
+        """The line's message, or None when it was undecodable and set aside."""
         try:
             message = _DECODER.decode(line)
+        except RecursionError:
+            self.on_unreadable(self.line_number, line, "is nested too deeply to be read")
+            return None
         except msgspec.DecodeError as exc:
-            raise InvalidInputError(
-                f"Input line {self.line_number} is not valid JSON ({exc}); a Singer tap must "
-                "write one JSON message per line."
-            ) from None
+            self.on_unreadable(self.line_number, line, f"is not valid JSON ({exc})")
+            return None
         if type(message) is not dict or type(message.get("type")) is not str:
             raise InvalidInputError(
                 f"Input line {self.line_number} is not a Singer message (a JSON object with "
                 "a 'type')."
             )
         return message
+
+
+def stream_named_in(line: bytes | str) -> str | None:
+    """The stream an undecodable line names, when it can be found without decoding it."""
+    head = line[:65536]
+    found = _STREAM_NAME.search(head.encode() if isinstance(head, str) else head)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -270,6 +341,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=60,
             minimum=0,
+            maximum=3600,
             description=(
                 "Least time between the starts of two sync BulkUpsert calls (D·engage "
                 "allows one a minute)."
@@ -312,6 +384,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=5,
             minimum=0,
+            maximum=100,
             description=(
                 "Retries of a call answered 5xx, timed out or lost to a network error "
                 "(429 answers wait and retry without using these up)."
@@ -322,6 +395,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=300,
             minimum=1,
+            maximum=3600,
             description="How long to wait for one API answer.",
         ),
         th.Property(
@@ -329,6 +403,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=4,
             minimum=1,
+            maximum=100,
             description="async mode: most jobs submitted and not yet confirmed at once.",
         ),
         th.Property(
@@ -336,6 +411,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=5,
             minimum=0,
+            maximum=3600,
             description=(
                 "async mode: first wait before polling a job's status; polls of a long job "
                 "slow down gently (x1.5 each, up to 60 s)."
@@ -346,6 +422,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=3600,
             minimum=1,
+            maximum=604800,
             description="async mode: a job not finished this long after submission fails the run.",
         ),
         th.Property(
@@ -380,6 +457,7 @@ class TargetDengage(Target):
             "ledger_max_age_days",
             th.IntegerType,
             minimum=0,
+            maximum=36500,
             description=(
                 "Send a contact again, even unchanged, when D·engage last confirmed it longer "
                 "ago than this (heals edits made inside D·engage). Default: never."
@@ -404,6 +482,7 @@ class TargetDengage(Target):
             th.IntegerType(nullable=False),
             default=30,
             minimum=0,
+            maximum=86400,
             description="Seconds between progress lines on stderr (0: none).",
         ),
         th.Property(
@@ -510,6 +589,7 @@ class TargetDengage(Target):
         self._progress = ProgressReporter(
             config["progress_interval_seconds"], self._view, self._pace, self.logger
         )
+        t.cast("LineNumberedReader", self.message_reader).on_unreadable = self._unreadable_line
 
     def _check_config(self) -> None:
         """Rules JSON schema cannot express, reported like schema errors."""
@@ -545,14 +625,65 @@ class TargetDengage(Target):
         errors += validate_column_config(
             config.get("column_mapping") or {}, config.get("custom_columns") or ()
         )
+        if not errors:
+            errors += self._unwritable_outputs()
         if errors:
             raise ConfigValidationError("Config validation failed", errors=errors)
+
+    def _unwritable_outputs(self) -> list[str]:
+        """Every file the run will write, checked before it reads a line or calls the API."""
+        config = self.config
+        account = account_key(config["api_url"], config.get("userkey"), config.get("access_token"))
+        dry = config["dry_run"]
+        outputs: list[tuple[str, str | None, bool]] = [
+            ("rejected_records_path", config.get("rejected_records_path"), False),
+            ("run_summary_path", config.get("run_summary_path"), True),
+        ]
+        if dry:
+            outputs.append(("dry_run_output_path", config.get("dry_run_output_path"), False))
+        elif config["mode"] == "async":
+            journal = config.get("job_journal_path") or str(default_journal_path())
+            outputs.append(("job_journal_path", journal, True))
+        else:
+            pacing = config.get("pacing_state_path") or str(default_pacing_path())
+            outputs.append(("pacing_state_path", pacing, True))
+        if config["change_detection"]:
+            from target_dengage.ledger import default_ledger_url, sqlite_file
+
+            ledger = sqlite_file(config.get("ledger_url") or default_ledger_url(account))
+            if ledger is not None:
+                outputs.append(("ledger_url", str(ledger), False))
+        errors = []
+        for setting, path, replaced in outputs:
+            if path:
+                why = unwritable(Path(path).expanduser(), replaced=replaced)
+                if why is not None:
+                    errors.append(f"{setting}: '{path}' cannot be written ({why}).")
+        return errors
 
     # Records and STATE ----------------------------------------------------------------
 
     def _bad_message(self, what: str) -> InvalidInputError:
         line = t.cast("LineNumberedReader", self.message_reader).line_number
         return InvalidInputError(f"Input line {line}: {what}")
+
+    def _unreadable_line(
+        self, number: int, line: bytes | str, why: str, stream: str | None = None
+    ) -> None:
+        """A line that cannot be decoded: with stop_on_error, the run stops naming it;
+        without, it is a rejected record like any other (written down before any STATE
+        past it), and the rest loads."""
+        stream = stream or stream_named_in(line)
+        said = f"Input line {number} {why}" + (f" (stream '{stream}')" if stream else "")
+        if self.config["stop_on_error"]:
+            raise InvalidInputError(
+                f"{said}; a Singer tap must write one JSON message per line. Set "
+                "stop_on_error: false (with rejected_records_path) to set such lines aside "
+                "and load the rest."
+            )
+        self.record_seq += 1
+        self.batcher.reject_line(number, stream, why, line, self.record_seq)
+        self.logger.warning("%s; set aside.", said)
 
     def _process_schema_message(self, message_dict: dict[str, t.Any]) -> None:
         schema = message_dict.get("schema")
@@ -608,6 +739,41 @@ class TargetDengage(Target):
         self.record_seq += 1
         super()._process_record_message(message_dict)
 
+    def _process_batch_message(self, message_dict: dict[str, t.Any]) -> None:
+        """A BATCH message's records take the RECORD path, one at a time as their files are
+        streamed: the same maps, validation, rejection, change detection and STATE rules.
+        A file that cannot be read stops the run, with no STATE past it."""
+        stream = message_dict.get("stream")
+        encoding = message_dict.get("encoding")
+        manifest = message_dict.get("manifest")
+        if (
+            not isinstance(stream, str)
+            or not isinstance(encoding, dict)
+            or not isinstance(manifest, list)
+            or not all(isinstance(url, str) for url in manifest)
+        ):
+            raise self._bad_message(
+                "a BATCH message needs a 'stream' (text), an 'encoding' object and a "
+                "'manifest' (a list of file URLs)."
+            )
+        line = t.cast("LineNumberedReader", self.message_reader).line_number
+        for url in manifest:
+            try:
+                for number, item in batch_records(url, encoding):
+                    if isinstance(item, str):
+                        why = f"holds a record that cannot be read: line {number} of {url} {item}"
+                        self._unreadable_line(line, b"", why, stream)
+                    else:
+                        self._process_record_message(
+                            {"type": "RECORD", "stream": stream, "record": item}
+                        )
+            except BatchFileError as exc:
+                raise InvalidInputError(
+                    f"Input line {line} (stream '{stream}'), a BATCH message: its manifest "
+                    f"file '{url}' cannot be read ({quote(str(exc))}). No STATE past it is "
+                    "printed."
+                ) from None
+
     def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
         super()._process_state_message(message_dict)
         state: dict[str, t.Any] = message_dict["value"]
@@ -641,8 +807,15 @@ class TargetDengage(Target):
             return
         line = serialize_json(ready)
         if line != self._printed_state:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):  # a closed pipe, or a closed stream
+                raise DengageError(
+                    "stdout was closed; no STATE could be written. Whatever reads the "
+                    "target's output (the orchestrator) went away; the next run sends the "
+                    "unacknowledged records again."
+                ) from None
             self._printed_state = line
 
     def _handle_max_record_age(self) -> None:
@@ -721,7 +894,15 @@ class TargetDengage(Target):
                 rejected_path=rejected_path,
                 last_state=json.loads(self._printed_state) if self._printed_state else None,
             )
-            write_json_atomic(Path(config["run_summary_path"]).expanduser(), summary)
+            try:
+                write_json_atomic(Path(config["run_summary_path"]).expanduser(), summary)
+            except OSError as exc:
+                self.logger.warning(
+                    "Could not write the run summary to run_summary_path %s (%s); the run's "
+                    "outcome is as reported above.",
+                    config["run_summary_path"],
+                    exc.strerror or type(exc).__name__,
+                )
         self.client.close()
         if self._ledger is not None:
             self._ledger.close()
@@ -738,6 +919,16 @@ class TargetDengage(Target):
         )
         signal.signal(signum, signal.SIG_DFL)
         sys.exit(128 + signum)
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's command, with ``--input`` read as bytes like standard input, so a line
+        that is not UTF-8 is named by its own line number."""
+        command = super().get_singer_command()
+        for param in command.params:
+            if param.name == "file_input" and isinstance(param, click.Option):
+                param.type = click.File("rb")
+        return command
 
     @classmethod
     def invoke(  # type: ignore[override]
