@@ -10,6 +10,7 @@ every storage it reaches (``file://`` and any installed fsspec backend) works th
 from __future__ import annotations
 
 import decimal
+import gzip
 import typing as t
 from collections.abc import Iterator, Mapping
 
@@ -21,6 +22,7 @@ MAX_RECORD_BYTES = 8 * 1024 * 1024
 #: Parquet rows decoded at once: one request's worth.
 PARQUET_ROWS = 1000
 _DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class BatchFileError(Exception):
@@ -39,10 +41,10 @@ def batch_records(url: str, encoding: Mapping[str, t.Any]) -> Iterator[Item]:
     if compression not in (None, "none", "gzip"):
         raise BatchFileError(f"compression '{compression}' is not supported (gzip or none)")
     try:
-        with fsspec.open(url, "rb", compression="gzip" if compression == "gzip" else None) as f:
+        with fsspec.open(url, "rb") as f:
             if form == "jsonl":
-                yield from _jsonl(t.cast("t.IO[bytes]", f))
-            elif form == "parquet":
+                yield from _jsonl(_ungzipped(t.cast("t.IO[bytes]", f)))
+            elif form == "parquet":  # its "gzip" compresses pages inside the file
                 yield from _parquet(t.cast("t.IO[bytes]", f))
             else:
                 raise BatchFileError(f"format '{form}' is not supported (jsonl or parquet)")
@@ -50,6 +52,15 @@ def batch_records(url: str, encoding: Mapping[str, t.Any]) -> Iterator[Item]:
         raise
     except (OSError, EOFError, ValueError, ImportError) as exc:
         raise BatchFileError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _ungzipped(file: t.IO[bytes]) -> t.IO[bytes]:
+    """The file's text, gunzipped if it is gzip: known by its first bytes, not by the
+    message's ``compression``, which the SDK's own JSONL encoder leaves at "none" while it
+    always gzips."""
+    magic = file.read(2)
+    file.seek(0)
+    return t.cast("t.IO[bytes]", gzip.GzipFile(fileobj=file)) if magic == _GZIP_MAGIC else file
 
 
 def _jsonl(file: t.IO[bytes]) -> Iterator[Item]:

@@ -203,8 +203,8 @@ def run_target(
             for reader in readers:
                 reader.join()
     summary_path = Path(config.get("run_summary_path") or tmp_path / "no-summary.json")
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if summary_path.exists():
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary_path.is_file():
         summary_path.unlink()  # the next run writes its own
     run = Run(proc.returncode, "".join(lines), "".join(errors), times, summary)
     assert_clean_log(run.stderr, config)

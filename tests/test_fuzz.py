@@ -129,3 +129,72 @@ def test_fuzzed_input_fails_clearly_or_rejects_the_record(
         assert run.returncode == 1
         assert "Input line" in run.stderr or "Invalid record" in run.stderr or "UTF-8" in run.stderr
         assert run.stdout == ""  # nothing was confirmed before the bad line
+
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+STREAM = st.one_of(st.just("contacts"), st.text(max_size=6), st.integers(), st.none())
+
+
+@st.composite
+def _message(draw: st.DrawFn, batch_dir: Path) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["RECORD", "SCHEMA", "STATE", "BATCH", "ACTIVATE_VERSION", "FOO"]))
+    message: dict[str, Any] = {"type": kind}
+    if draw(st.booleans()):
+        message["stream"] = draw(STREAM)
+    if kind == "RECORD":
+        message["record"] = draw(st.one_of(st.just(contact(draw(st.integers(1, 9)))), JSON_VALUE))
+    elif kind == "SCHEMA":
+        message.update(
+            draw(st.one_of(st.just(schema()), st.fixed_dictionaries({"schema": JSON_VALUE})))
+        )
+    elif kind == "STATE":
+        message["value"] = draw(JSON_VALUE)
+    elif kind == "BATCH":
+        message["encoding"] = draw(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "format": st.sampled_from(["jsonl", "parquet", "csv", 5]),
+                        "compression": st.sampled_from(["gzip", "none", None, "zstd"]),
+                    }
+                ),
+                JSON_VALUE,
+            )
+        )
+        files = st.sampled_from(
+            [(batch_dir / "good.jsonl").as_uri(), (batch_dir / "missing.jsonl").as_uri(), 7]
+        )
+        message["manifest"] = draw(st.one_of(st.lists(files, max_size=2), JSON_VALUE))
+    elif kind == "ACTIVATE_VERSION":
+        message["version"] = draw(st.one_of(st.integers(), JSON_VALUE))
+    return message
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), stop_on_error=st.booleans())
+def test_fuzzed_message_shapes_end_clearly(
+    data: st.DataObject,
+    stop_on_error: bool,
+    emulator: DengageEmulator,
+    base_config: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Any sequence of message shapes, BATCH and ACTIVATE_VERSION included: the run ends
+    (RUN_TIMEOUT bounds each example), with exit 0 or one clear error, never a traceback."""
+    (tmp_path / "good.jsonl").write_text(json.dumps(contact(5)) + "\n")
+    messages = data.draw(st.lists(_message(tmp_path), max_size=5))
+    config = {**base_config, "column_mapping": MAPPING, "stop_on_error": stop_on_error}
+    run = run_target(config, [schema(), *messages, state({"end": True})], tmp_path)
+
+    assert "Traceback" not in run.stderr
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    if run.returncode == 1:
+        assert "| ERROR" in run.stderr
