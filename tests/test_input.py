@@ -304,9 +304,8 @@ def test_failing_stream_map_is_one_line_naming_the_input_line(
 
     assert run.returncode == 1
     _no_traceback(run.stderr)
-    assert "Input line 3 (stream 'contacts'), a RECORD message, cannot be processed" in (
-        run.stderr
-    )
+    said = "Input line 3 (stream 'contacts'), a RECORD message, cannot be processed"
+    assert said in run.stderr
     assert "MapExpressionError" in run.stderr
 
 
@@ -392,9 +391,7 @@ def _cli(
         assert proc.stdout is not None
         if close_stdout:
             proc.stdout.close()  # as `| head -c 0` does
-            out, err = proc.communicate(stdin, timeout=120)
-        else:
-            out, err = proc.communicate(stdin, timeout=120)
+        _, err = proc.communicate(stdin, timeout=120)
     return proc.returncode, err.decode()
 
 
