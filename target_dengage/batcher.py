@@ -30,15 +30,10 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from target_dengage.client import DengageClient
+from target_dengage.contract import CONTACT_KEY, NEW_CONTACT_KEY
 from target_dengage.errors import DengageError, DengageRequestError
 from target_dengage.jobs import AsyncOptions, Job, JobTracker
-from target_dengage.mapping import (
-    CONTACT_KEY,
-    NEW_CONTACT_KEY,
-    FieldProblem,
-    Value,
-    payload_hash,
-)
+from target_dengage.mapping import FieldProblem, Value, payload_hash
 from target_dengage.masking import mask, quote
 from target_dengage.protocol import BulkOutcome, ItemIssue, bulk_body
 from target_dengage.rejects import RejectedRecords

@@ -14,8 +14,9 @@ Tests also need the answers a broken server or proxy gives, which a well-behaved
 does: ``inject_fault`` can send any body (JSON or raw text), relabel it with any header, drip it
 byte by byte or cut it off mid-body, and ``repeat_job_ids`` can hand out a job id twice.
 
-Limits that the vendor pages do not state (marked *assumed*): contact keys are at most
-``MAX_CONTACT_KEY_LENGTH`` characters and custom column values at most ``MAX_CUSTOM_LENGTH``.
+The API's rules (paths, limits, column kinds, value patterns, body fields) are imported from
+``target_dengage.contract``, the same module the target reads them from, where those the vendor
+pages do not state are marked *assumed*: one edit changes both sides.
 """
 
 from __future__ import annotations
@@ -45,39 +46,44 @@ from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from target_dengage.contract import (
+    ASYNC_PATH,
+    BODY_FIELDS,
+    BULK_PATH,
+    CONTACT_KEY_MAX,
+    CUSTOM_MAX,
+    DATE_PATTERN,
+    EMAIL_MAX,
+    EMAIL_PATTERN,
+    GSM_PATTERN,
+    LOGIN_PATH,
+    MAX_CONTACTS_PER_CALL,
+    PLATFORM_COLUMNS,
+    STANDARD_COLUMNS,
+    TEXT_MAX,
+)
+
 logger = logging.getLogger(__name__)
 
-MAX_RECORDS = 1000
-MAX_CONTACT_KEY_LENGTH = 255  # assumed: the vendor gives no limit; 255 is the common varchar size
-MAX_EMAIL_LENGTH = 255
-MAX_TEXT_LENGTH = 100
-MAX_CUSTOM_LENGTH = 4000  # assumed: custom columns are strings of an unstated size
 MAX_BODY_BYTES = 16 * 1024 * 1024  # far above 1000 records; guards the process, not the contract
 
-STATUS_COLUMNS = frozenset({"contact_status", "email_status", "gsm_status"})
-BOOLEAN_COLUMNS = frozenset({"email_permission", "gsm_permission"})
-TEXT_COLUMNS = frozenset({"name", "surname", "gender"})
-DATE_COLUMNS = frozenset({"birth_date", "subscription_date"})
-KEY_COLUMNS = frozenset({"contact_key", "new_contact_key"})
-MASTER_COLUMNS = frozenset(
-    {"email", "gsm", *KEY_COLUMNS, *STATUS_COLUMNS, *BOOLEAN_COLUMNS, *TEXT_COLUMNS, *DATE_COLUMNS}
-)
-PLATFORM_COLUMNS = frozenset(
-    {"email_status_reason", "gsm_status_reason", "is_email_active", "is_email_engaged"}
-)
-BODY_FIELDS = frozenset(
-    {"columns", "contactDatas", "insertIfNotExists", "stopOnError", "throwExceptionIfInvalidRecord"}
-)
-STOP_FLAGS = ("stopOnError", "throwExceptionIfInvalidRecord")  # two names for one switch
 
-LOGIN_PATH = "/rest/login"
-SYNC_PATH = "/rest/bulk/contacts"
-ASYNC_PATH = "/rest/bulk/async/contacts"
+def _columns_of(kind: str) -> frozenset[str]:
+    """The API's rules are the target's own (target_dengage.contract); only their grouping
+    by kind of value is the emulator's."""
+    return frozenset(column for column, of in STANDARD_COLUMNS.items() if of == kind)
+
+
+STATUS_COLUMNS = _columns_of("status")
+BOOLEAN_COLUMNS = _columns_of("boolean")
+TEXT_COLUMNS = _columns_of("text100")
+DATE_COLUMNS = _columns_of("date")
+KEY_COLUMNS = _columns_of("key")
+MASTER_COLUMNS = frozenset(STANDARD_COLUMNS)
+STOP_FLAGS = ("stopOnError", "throwExceptionIfInvalidRecord")  # two names for one switch
+SYNC_PATH = BULK_PATH
 ADMIN_PREFIX = "/_emulator/"
 
-EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
-GSM_RE = re.compile(r"[0-9]{1,20}")
-DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 JOB_PATH_RE = re.compile(re.escape(ASYNC_PATH) + r"/([^/]+)")
 HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The emulator frames every answer itself, so a test cannot make it lie about the body's length.
@@ -277,8 +283,8 @@ def _parse_batch(body: Any, custom_columns: frozenset[str]) -> _Batch:
     if unknown := [column for column in columns if column not in allowed]:
         raise _FieldError(f"Unknown or not import-enabled column(s): {', '.join(unknown)}")
     rows = body.get("contactDatas")
-    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_RECORDS:
-        raise _FieldError(f"contactDatas must be an array of 1 to {MAX_RECORDS} objects")
+    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_CONTACTS_PER_CALL:
+        raise _FieldError(f"contactDatas must be an array of 1 to {MAX_CONTACTS_PER_CALL} objects")
     for flag in ("insertIfNotExists", *STOP_FLAGS):
         if flag in body and not isinstance(body[flag], bool):
             raise _FieldError(f"{flag} must be a boolean")
@@ -319,29 +325,29 @@ def value_problem(column: str, value: Any) -> str | None:
     if value is None:
         return "null is not accepted"
     if column in KEY_COLUMNS:
-        ok = _is_string(value, MAX_CONTACT_KEY_LENGTH) and bool(value.strip())
-        return None if ok else f"must be a non-empty string of at most {MAX_CONTACT_KEY_LENGTH}"
+        ok = _is_string(value, CONTACT_KEY_MAX) and bool(value.strip())
+        return None if ok else f"must be a non-empty string of at most {CONTACT_KEY_MAX}"
     if column in STATUS_COLUMNS:
         return None if value in ("A", "P") else "must be 'A' or 'P'"
     if column in BOOLEAN_COLUMNS:
         return None if isinstance(value, bool) else "must be a JSON boolean"
     if column == "email":
-        ok = _is_string(value, MAX_EMAIL_LENGTH) and EMAIL_RE.fullmatch(value) is not None
-        return None if ok else f"must be an email address of at most {MAX_EMAIL_LENGTH} characters"
+        ok = _is_string(value, EMAIL_MAX) and EMAIL_PATTERN.fullmatch(value) is not None
+        return None if ok else f"must be an email address of at most {EMAIL_MAX} characters"
     if column == "gsm":
-        ok = isinstance(value, str) and GSM_RE.fullmatch(value) is not None
+        ok = isinstance(value, str) and GSM_PATTERN.fullmatch(value) is not None
         return None if ok else "must be 1 to 20 digits (country code included)"
     if column in TEXT_COLUMNS:
-        ok = _is_string(value, MAX_TEXT_LENGTH)
-        return None if ok else f"must be a string of at most {MAX_TEXT_LENGTH} characters"
+        ok = _is_string(value, TEXT_MAX)
+        return None if ok else f"must be a string of at most {TEXT_MAX} characters"
     if column in DATE_COLUMNS:
         return None if _is_date(value) else "must be a real date in yyyy-MM-dd format"
-    ok = _is_string(value, MAX_CUSTOM_LENGTH)
-    return None if ok else f"must be a string of at most {MAX_CUSTOM_LENGTH} characters"
+    ok = _is_string(value, CUSTOM_MAX)
+    return None if ok else f"must be a string of at most {CUSTOM_MAX} characters"
 
 
 def _is_date(value: Any) -> bool:
-    if not isinstance(value, str) or DATE_RE.fullmatch(value) is None:
+    if not isinstance(value, str) or DATE_PATTERN.fullmatch(value) is None:
         return False
     try:
         dt.date.fromisoformat(value)

@@ -3,7 +3,7 @@
 Everything here is pure (no I/O, no logging) so it is cheap to test and cheap to run: a
 stream's columns are resolved once when its SCHEMA arrives (:func:`plan_stream`), and each
 record then only walks a precompiled tuple of ``(source, column, coercer)`` steps
-(:func:`build_row`). The rules follow ``shared/dengage-api/CONTRACT.md``.
+(:func:`build_row`). The rules are those of ``contract`` (docs/dengage-api.md).
 """
 
 from __future__ import annotations
@@ -19,40 +19,20 @@ from typing import Any
 
 import msgspec
 
-CONTACT_KEY = "contact_key"
-NEW_CONTACT_KEY = "new_contact_key"
-
-#: Writable columns of master_contact, with their value kind.
-STANDARD_COLUMNS: Mapping[str, str] = {
-    CONTACT_KEY: "key",
-    "contact_status": "status",
-    "email": "email",
-    "email_permission": "boolean",
-    "email_status": "status",
-    "gsm": "gsm",
-    "gsm_permission": "boolean",
-    "gsm_status": "status",
-    "name": "text100",
-    "surname": "text100",
-    "gender": "text100",
-    "birth_date": "date",
-    "subscription_date": "date",
-    NEW_CONTACT_KEY: "key",
-}
-
-#: Maintained by D·engage itself; sending them is refused by the API.
-PLATFORM_COLUMNS = frozenset(
-    {"email_status_reason", "gsm_status_reason", "is_email_active", "is_email_engaged"}
+from target_dengage.contract import (
+    CONTACT_KEY,
+    CONTACT_KEY_MAX,
+    CUSTOM_MAX,
+    EMAIL_MAX,
+    GSM_MAX,
+    NEW_CONTACT_KEY,
+    PLATFORM_COLUMNS,
+    STANDARD_COLUMNS,
+    TEXT_MAX,
 )
+from target_dengage.contract import DATE_PATTERN as _DATE_RE
+from target_dengage.contract import EMAIL_PATTERN as _EMAIL_RE
 
-CONTACT_KEY_MAX = 255
-EMAIL_MAX = 255
-GSM_MAX = 20
-TEXT_MAX = 100
-CUSTOM_MAX = 4000
-
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")  # one way to match: no backtracking
-_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: Keys sorted, compact, UTF-8: the same row always gives the same bytes.
 _SORTED_JSON = msgspec.json.Encoder(order="sorted")
 #: Separators people type into phone numbers; removed before the digits-only check.

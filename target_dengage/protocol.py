@@ -1,6 +1,6 @@
 """The D·engage wire format: request bodies out, answers in, and what each answer means.
 
-CONTRACT.md marks several shapes as *assumed*: answer items (plain contact-key strings, or
+docs/dengage-api.md marks several shapes as *assumed*: answer items (plain contact-key strings, or
 objects with a key and a message), where the async job id sits in the 202 answer, and the
 job-status answer with its status words. This module is the one place that interprets them,
 so when the real API turns out to differ, only this file changes. :func:`classify` is the one
@@ -20,22 +20,31 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-LOGIN_PATH = "/rest/login"
-BULK_PATH = "/rest/bulk/contacts"
-ASYNC_PATH = "/rest/bulk/async/contacts"
+from target_dengage.contract import (
+    ASYNC_PATH,
+    BULK_PATH,
+    DATA_REFUSAL_CODES,
+    DEFAULT_TOKEN_SECONDS,
+    HAS_ERROR_FIELDS,
+    ITEM_FIELD_FIELDS,
+    ITEM_KEY_FIELDS,
+    ITEM_MESSAGE_FIELDS,
+    JOB_DONE,
+    JOB_FAILED,
+    JOB_ID_FIELDS,
+    JOB_STATUS_FIELDS,
+    LOGIN_PATH,
+    MAX_JOB_ID_LENGTH,
+    RETRY_STATUSES,
+    SUCCESS_STATUS,
+    Endpoint,
+)
 
-_JOB_ID_FIELDS = ("transactionId", "TransactionId", "jobId", "JobId", "id", "Id")
-_STATUS_FIELDS = ("status", "Status", "state", "State", "jobStatus")
-JOB_RUNNING = frozenset({"queued", "pending", "processing", "running", "inprogress"})
-JOB_DONE = frozenset({"completed", "success", "succeeded", "done", "finished"})
-JOB_FAILED = frozenset({"failed", "error", "cancelled", "canceled"})
+__all__ = ["ASYNC_PATH", "BULK_PATH", "LOGIN_PATH", "Endpoint"]
+
 
 #: msgspec writes the same compact JSON as json.dumps, about ten times faster.
 _ENCODER = msgspec.json.Encoder()
-
-_KEY_FIELDS = ("contact_key", "contactKey", "ContactKey", "key", "Key")
-_MESSAGE_FIELDS = ("message", "Message", "error", "Error", "reason", "description", "errorMessage")
-_FIELD_FIELDS = ("field", "Field", "column", "Column", "columnName")
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ def bulk_body(
             "insertIfNotExists": insert_if_not_exists,
             "stopOnError": stop_on_error,
             # clients: the name public callers of the live API send for the same choice
-            # (CONTRACT.md); the vendor page's own name was lost, so both go, always equal.
+            # (docs/dengage-api.md); the vendor page's own name was lost, so both go, always equal.
             "throwExceptionIfInvalidRecord": stop_on_error,
         }
     )
@@ -93,9 +102,9 @@ def _first(item: object, names: Sequence[str]) -> Any:
 def parse_item(item: object) -> ItemIssue:
     """Read an answer item: a bare contact key, or an object naming one and a message."""
     if isinstance(item, Mapping):
-        key = _first(item, _KEY_FIELDS)
-        message = _first(item, _MESSAGE_FIELDS)
-        column = _first(item, _FIELD_FIELDS)
+        key = _first(item, ITEM_KEY_FIELDS)
+        message = _first(item, ITEM_MESSAGE_FIELDS)
+        column = _first(item, ITEM_FIELD_FIELDS)
         return ItemIssue(
             contact_key=None if key is None else str(key),
             message=str(message) if message is not None else json.dumps(item, default=str),
@@ -148,7 +157,7 @@ def envelope_code(envelope: object) -> int | None:
 
 def envelope_message(envelope: object) -> str:
     if isinstance(envelope, Mapping):
-        message = _first(envelope, _MESSAGE_FIELDS)
+        message = _first(envelope, ITEM_MESSAGE_FIELDS)
         if message is not None:
             return str(message)
     return ""
@@ -157,10 +166,6 @@ def envelope_message(envelope: object) -> str:
 def error_issues(envelope: object) -> list[ItemIssue]:
     """Per-record errors attached to a refused request, when the API names them."""
     return _issues(payload(envelope).get("errors"))
-
-
-#: clients: a login's token lives an hour unless the answer says otherwise.
-DEFAULT_TOKEN_SECONDS = 3600.0
 
 
 def parse_login(envelope: object) -> tuple[str, float, str | None]:
@@ -188,15 +193,11 @@ def job_path(job_id: str) -> str:
     return f"{ASYNC_PATH}/{quote_path(job_id, safe='')}"
 
 
-#: Longest job id taken as one: ids are UUIDs or numbers; anything longer is not an id.
-MAX_JOB_ID_LENGTH = 200
-
-
 def parse_job_id(envelope: object) -> str:
     """The job id of a 202 answer: top-level ``transactionId`` (assumed), else in ``data``."""
     for where in (envelope, payload(envelope)):
         if isinstance(where, Mapping):
-            job_id = _first(where, _JOB_ID_FIELDS)
+            job_id = _first(where, JOB_ID_FIELDS)
             if isinstance(job_id, str | int) and not isinstance(job_id, bool):
                 text = str(job_id).strip()
                 if text and len(text) <= MAX_JOB_ID_LENGTH and text.isprintable():
@@ -221,7 +222,7 @@ def parse_job(envelope: object) -> JobStatus:
     is reported as still running, so the job timeout decides rather than a guess.
     """
     data = payload(envelope)
-    word = str(_first(data, _STATUS_FIELDS) or _first(envelope, _STATUS_FIELDS) or "")
+    word = str(_first(data, JOB_STATUS_FIELDS) or _first(envelope, JOB_STATUS_FIELDS) or "")
     normal = word.replace(" ", "").replace("_", "").lower()
     if normal in JOB_DONE:
         state = "done"
@@ -231,19 +232,6 @@ def parse_job(envelope: object) -> JobStatus:
         state = "running"
     message = envelope_message(data) or envelope_message(envelope)
     return JobStatus(state, word, message, parse_bulk_outcome(envelope))
-
-
-class Endpoint(Enum):
-    """The calls the target makes."""
-
-    LOGIN = "login"
-    BULK = "bulk"
-    SUBMIT = "submit"
-    JOB = "job"
-
-
-#: vendor: the status each endpoint answers success with (an async submit: 202 Accepted).
-SUCCESS_STATUS = {Endpoint.LOGIN: 200, Endpoint.BULK: 200, Endpoint.SUBMIT: 202, Endpoint.JOB: 200}
 
 
 class Meaning(Enum):
@@ -270,25 +258,18 @@ class Verdict:
     code: int | None = None
 
 
-#: vendor: the envelope codes of a refused request's data (FieldError, ValidationFails).
-DATA_REFUSAL_CODES = frozenset({1, 11})
-#: vendor: 500 is UnexpectedError [999]; the others are gateways and proxies giving up.
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-_HAS_ERROR_FIELDS = ("HasError", "hasError")
-
-
 def _has_error(envelope: Mapping[str, Any]) -> bool:
     return any(
         where.get(name) is True
         for where in (envelope, payload(envelope))
-        for name in _HAS_ERROR_FIELDS
+        for name in HAS_ERROR_FIELDS
     )
 
 
 def classify(endpoint: Endpoint, status: int, body: bytes, location: str | None = None) -> Verdict:
     """Decide what one answer of ``endpoint`` means. Every answer of every call goes here.
 
-    clients (CONTRACT.md): a 2xx confirms only when its envelope says success: a JSON object
+    clients (docs/dengage-api.md): a 2xx confirms only when its envelope says success: a JSON object
     whose ``code`` is absent or 0, without ``HasError`` true, with the status the endpoint
     documents (200; 202 for an async submit). Codes 1 and 11 refuse the data, as a 400 does;
     999, unknown codes, bodies that are not a JSON object and other 2xx statuses are no

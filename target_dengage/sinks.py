@@ -12,9 +12,9 @@ from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import JSONSchemaValidator
 
 from target_dengage.batcher import Pending, RecordSource
+from target_dengage.contract import CONTACT_KEY
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
 from target_dengage.mapping import (
-    CONTACT_KEY,
     Built,
     FieldProblem,
     StreamConfigError,

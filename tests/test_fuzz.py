@@ -13,8 +13,9 @@ from conftest import MAPPING, contact, record, run_target, schema, state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from target_dengage.contract import STANDARD_COLUMNS
 from target_dengage.emulator import DengageEmulator, value_problem
-from target_dengage.mapping import STANDARD_COLUMNS, build_row, plan_stream
+from target_dengage.mapping import build_row, plan_stream
 
 CUSTOM = "city"
 COLUMNS = [*sorted(set(STANDARD_COLUMNS) - {"contact_key", "new_contact_key"}), CUSTOM]
