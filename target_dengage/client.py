@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import email.utils
 import http.client
 import json
 import logging
-import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import backoff
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -59,14 +55,10 @@ from target_dengage.protocol import (
     parse_job_id,
     parse_login,
 )
+from target_dengage.retry import Attempt, RetryPolicy
 
-#: Consecutive 429s on one call before giving up (an hour at the sync endpoint's pace).
-MAX_RATE_LIMITED_TRIES = 60
 #: Refresh the cached token this long before D·engage says it expires.
 TOKEN_MARGIN_SECONDS = 60.0
-BACKOFF_MAX_SECONDS = 60.0
-#: Longest ``Retry-After`` honoured; a longer one waits this long (with a warning).
-RETRY_AFTER_CAP_SECONDS = 900.0
 #: Largest answer read: a BulkUpsert answer for 1000 contacts, each named with a long
 #: message, is well under 1 MB; anything this large is not D·engage's answer.
 MAX_ANSWER_BYTES = 20 * 1024 * 1024
@@ -218,7 +210,7 @@ class DengageClient:
         hide(access_token)
         self._token: _Token | None = _Token(access_token, refresh_at=None) if access_token else None
         self._token_lock = threading.Lock()
-        self._max_retries = max_retries
+        self._retry_policy = RetryPolicy(total_failures=max_retries)
         self._timeout = float(timeout_seconds)
         self._logger = logger
         self.pacer = pacer
@@ -360,8 +352,8 @@ class DengageClient:
         what: str,
         token: str | None,
     ) -> Verdict:
-        """Exchange with the retry policy; answers other than 429 and "try again" go back to
-        the caller, read.
+        """Exchange under the retry policy (:class:`target_dengage.retry.RetryPolicy`); answers
+        other than 429 and "try again" go back to the caller, read.
 
         - No usable answer (5xx, a 2xx that is not a confirmation, a network error, a
           timeout, a cut-off or undecodable body) uses up ``max_retries``, with exponential
@@ -381,9 +373,7 @@ class DengageClient:
         def exchange() -> _Answer:
             return self._exchange(method, url, body, headers, auth)
 
-        failure_delays = _delays()
-        limit_delays = _delays()
-        failures = limited = 0
+        policy = self._retry_policy  # every call starts with the whole budget
         limited_since: float | None = None
         while True:
             answer: _Answer | None = None
@@ -398,51 +388,53 @@ class DengageClient:
                     self._end_rate_limit(limited_since, paced)
                     return verdict
                 problem = f"HTTP {answer.status} ({quote(verdict.said) or 'no message'})"
-            retry_after = self._retry_after(answer.retry_after, what) if answer else None
-            if verdict is not None and verdict.meaning is Meaning.RATE_LIMITED:
-                limited += 1
+            kind = (
+                Attempt.RATE_LIMITED
+                if verdict is not None and verdict.meaning is Meaning.RATE_LIMITED
+                else Attempt.FAILURE
+            )
+            policy = policy.increment(kind)
+            wait = policy.wait(
+                kind, answer.retry_after if answer else None, now=time.time(), what=what
+            )
+            if wait.warning is not None:
+                self._logger.warning("%s", wait.warning)
+            if kind is Attempt.RATE_LIMITED:
                 self.rate_limited += 1
-                if limited > MAX_RATE_LIMITED_TRIES:
+                if policy.exhausted(kind):
                     raise DengageUnavailableError(
                         f"D·engage kept answering 429 Too Many Requests to {what} "
-                        f"({limited} times in a row); another client may be using this "
-                        "account's BulkUpsert budget."
+                        f"({policy.rate_limited} times in a row); another client may be "
+                        "using this account's BulkUpsert budget."
                     )
                 if limited_since is None:
                     limited_since = time.monotonic()
-                if retry_after is not None:
-                    delay = retry_after
-                elif paced and self.pacer.interval > 0:
+                if not wait.honoured and paced and self.pacer.interval > 0:
                     delay = 0.0  # the pacer waits a whole interval before the next try
                 else:
-                    delay = backoff.full_jitter(next(limit_delays))
+                    delay = wait.seconds
                 self._logger.warning(
                     "%s was rate-limited (429, %d in a row); trying again in %.1f s%s.",
                     what,
-                    limited,
+                    policy.rate_limited,
                     max(delay, self.pacer.interval if paced else 0.0),
-                    " (Retry-After)" if retry_after is not None else "",
+                    " (Retry-After)" if wait.honoured else "",
                 )
             else:
-                failures += 1
-                if failures > self._max_retries:
+                if policy.exhausted(kind):
                     raise DengageUnavailableError(
-                        f"D·engage did not accept {what} after {failures} tries; the last "
-                        f"answer was {problem}. Nothing of this call is counted as "
+                        f"D·engage did not accept {what} after {policy.failures} tries; the "
+                        f"last answer was {problem}. Nothing of this call is counted as "
                         "confirmed: no STATE past its records is printed."
                     )
                 self.retries += 1
-                delay = (
-                    retry_after
-                    if retry_after is not None
-                    else backoff.full_jitter(next(failure_delays))
-                )
+                delay = wait.seconds
                 self._logger.warning(
                     "%s failed: %s; retry %d of %d in %.1f s.",
                     what,
                     problem,
-                    failures,
-                    self._max_retries,
+                    policy.failures,
+                    policy.total_failures,
                     delay,
                 )
             time.sleep(delay)
@@ -500,30 +492,6 @@ class DengageClient:
             timer.cancel()
             _CURRENT_WATCH.reset(reset)
 
-    def _retry_after(self, value: str | None, what: str) -> float | None:
-        """Seconds to wait as the answer asks, or None to use our own backoff."""
-        if value is None:
-            return None
-        seconds = _parse_retry_after(value)
-        if seconds is not None and seconds <= RETRY_AFTER_CAP_SECONDS:
-            return seconds
-        if seconds is not None and math.isfinite(seconds):
-            self._logger.warning(
-                "D·engage asked to wait %s before retrying %s (Retry-After); waiting %g s, "
-                "the most the target waits for one try.",
-                quote(value, 60),
-                what,
-                RETRY_AFTER_CAP_SECONDS,
-            )
-            return RETRY_AFTER_CAP_SECONDS
-        self._logger.warning(
-            "Ignoring the unusable Retry-After %s in D·engage's answer to %s; backing off "
-            "as usual.",
-            quote(repr(value), 60),
-            what,
-        )
-        return None
-
     def _end_rate_limit(self, since: float | None, paced: bool) -> None:
         """Add the time from the first 429 to the try that got through to the run's total."""
         if since is None:
@@ -551,31 +519,6 @@ def _read_answer(response: requests.Response) -> bytes:
             raise _NoAnswerError(f"an answer of more than {MAX_ANSWER_BYTES:,} bytes, not read")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _parse_retry_after(value: str) -> float | None:
-    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date (RFC 9110).
-    None when it is neither, negative, or not finite."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - time.time())
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-def _delays() -> Iterator[float]:
-    delays: Iterator[float] = backoff.expo(base=2, factor=1, max_value=BACKOFF_MAX_SECONDS)
-    next(delays)  # prime the generator, as backoff itself does
-    return delays
 
 
 def _network_problem(exc: BaseException, expired: bool, timeout: float) -> str:

@@ -23,8 +23,8 @@ from target_dengage.protocol import BulkOutcome, JobStatus
 from target_dengage.statefiles import default_state_dir, read_json_object, write_json_atomic
 
 if TYPE_CHECKING:
-    from target_dengage.batcher import Pending
     from target_dengage.client import DengageClient
+    from target_dengage.pending import Pending
 
 #: Polls of a long job slow down by this factor each time, up to MAX_POLL_SECONDS.
 POLL_BACKOFF = 1.5

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -37,13 +37,22 @@ if TYPE_CHECKING:
 TABLE = "dengage_contact_ledger"
 #: Keys per lookup query: below every database's limit on bound parameters.
 LOOKUP_CHUNK = 1000
-#: A ledger row as a lookup returns it: contact_key, payload_hash, source_hash, confirmed_at.
-Entry = tuple[str, str, "str | None", float]
+
+
+class LedgerEntry(NamedTuple):
+    """A ledger row as a lookup returns it."""
+
+    contact_key: str
+    payload_hash: str
+    source_hash: str | None  # hash of the record's JSON text, when one record made the row
+    confirmed_at: float  # epoch seconds
+
+
 #: What a confirmed request records per contact key: payload_hash, source_hash.
 Confirmed = Mapping[str, tuple[str, "str | None"]]
 
 #: A lookup's answer as SQLite gives it in JSON.
-_ENTRIES = msgspec.json.Decoder(list[tuple[str, str, str | None, float]])
+_ENTRIES = msgspec.json.Decoder(list[LedgerEntry])
 _SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS dengage_contact_ledger (
     account VARCHAR(512) NOT NULL,
     contact_key VARCHAR(255) NOT NULL,
@@ -111,11 +120,11 @@ class Ledger:
             self._worker.shutdown()
             raise
 
-    def lookup_later(self, keys: Sequence[str]) -> Future[dict[str, Entry]]:
+    def lookup_later(self, keys: Sequence[str]) -> Future[dict[str, LedgerEntry]]:
         """``contact_key → entry`` for the keys the ledger knows, when it is ready."""
         return self._worker.submit(self._lookup, keys)
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+    def lookup(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
         return self.lookup_later(keys).result()
 
     def record(self, confirmed: Confirmed, renamed: Iterable[str] = ()) -> None:
@@ -140,7 +149,7 @@ class Ledger:
     def _open(self) -> None:
         raise NotImplementedError
 
-    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
+    def _lookup(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
         raise NotImplementedError
 
     def _record(self, confirmed: Confirmed, renamed: Sequence[str]) -> None:
@@ -197,16 +206,20 @@ class SqliteLedger(Ledger):
             f"WHERE account = ? AND contact_key IN ({marks})"
         )
 
-    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
-        found: dict[str, Entry] = {}
+    def _lookup(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        found: dict[str, LedgerEntry] = {}
         execute = self._db.execute
         as_json = self._as_json
         for start in range(0, len(keys), LOOKUP_CHUNK):
             chunk = keys[start : start + LOOKUP_CHUNK]
             answer = execute(self._lookup_sql(len(chunk), as_json), (self.account, *chunk))
-            rows: Iterable[Entry] = _ENTRIES.decode(answer.fetchone()[0]) if as_json else answer
+            rows: Iterable[LedgerEntry] = (
+                _ENTRIES.decode(answer.fetchone()[0])
+                if as_json
+                else (LedgerEntry(*row) for row in answer)
+            )
             for row in rows:
-                found[row[0]] = row
+                found[row.contact_key] = row
         return found
 
     def _record(self, confirmed: Confirmed, renamed: Sequence[str]) -> None:
@@ -299,8 +312,8 @@ class SqlAlchemyLedger(Ledger):
             .values(source_hash=sa.bindparam("b_source"))
         )
 
-    def _lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
-        found: dict[str, Entry] = {}
+    def _lookup(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        found: dict[str, LedgerEntry] = {}
         connection = self._connection
         try:
             for start in range(0, len(keys), LOOKUP_CHUNK):
@@ -308,7 +321,7 @@ class SqlAlchemyLedger(Ledger):
                 for row in connection.execute(
                     self._select, {"account": self.account, "keys": chunk}
                 ):
-                    found[row[0]] = tuple(row)
+                    found[row[0]] = LedgerEntry(*row)
         finally:
             connection.rollback()  # end the read; nothing is held open between lookups
         return found

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from target_dengage.batcher import RunStats
+from target_dengage.books import RunStats
 from target_dengage.jobs import JobStats
 
 

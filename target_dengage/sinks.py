@@ -1,4 +1,4 @@
-"""The SDK sink: maps and validates each record, then hands it to the run-wide batcher."""
+"""The SDK sink: numbers, maps and validates each record, then hands it to the pipeline."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import typing as t
 
 import msgspec
 from singer_sdk.exceptions import InvalidRecord
-from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
-from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import JSONSchemaValidator
 
-from target_dengage.batcher import Pending, RecordSource
 from target_dengage.contract import CONTACT_KEY
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
+from target_dengage.intake import PERIODIC_EVERY, RecordHost
 from target_dengage.mapping import (
     Built,
     FieldProblem,
@@ -22,12 +20,11 @@ from target_dengage.mapping import (
     raw_identity,
 )
 from target_dengage.masking import quote
+from target_dengage.pending import Pending, RecordSource, Unread
+from target_dengage.sdk import SdkSink
 
 if t.TYPE_CHECKING:
-    from target_dengage.target import TargetDengage
-
-#: How often (a power of two, minus one) the record loop does its periodic work.
-AGE_CHECK_EVERY = 255
+    from singer_sdk.target_base import Target
 #: Invalid records spelled out in the log before the rest go only to the rejected file.
 REJECTIONS_LOGGED = 20
 
@@ -61,22 +58,24 @@ def _violation(exc: InvalidRecord) -> tuple[str, str]:
     ), f"does not match the tap's schema{inside} ({rule}: {expected})"
 
 
-class DengageSink(BatchSink):
+class DengageSink(SdkSink):
     """One per stream. It owns no buffer: full requests are assembled across streams."""
 
     MAX_SIZE_DEFAULT = 1000
 
     def __init__(
         self,
-        target: TargetDengage,
+        target: Target,
         stream_name: str,
         schema: dict[str, t.Any],
         key_properties: t.Sequence[str] | None,
     ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
-        self._dengage = target
-        self._batcher = target.batcher
-        self._stats = target.batcher.stats
+        host = t.cast("RecordHost", target)
+        self._intake = host.intake
+        self._pipeline = host.pipeline
+        self._stats = host.pipeline.stats
+        self._stop_on_error: bool = target.config["stop_on_error"]
         self._record_number = 0
         try:
             self._plan = plan_stream(
@@ -110,7 +109,6 @@ class DengageSink(BatchSink):
             float_hook=decimal.Decimal,
         ).decode
         self._untallied = 0
-        self._add_unmapped = target.batcher.add_unmapped
         self._materialize_later = self._materialize  # one bound method, not one per record
         if plan.key_inferred:
             self.logger.info(
@@ -162,69 +160,57 @@ class DengageSink(BatchSink):
 
     @property
     def is_full(self) -> bool:
-        """Never: the batcher sends each column set's request the moment it is full."""
+        """Never: the buckets send each column set's request the moment it is full."""
         return False
 
-    def _singer_validate_message(self, record: dict[str, t.Any]) -> None:
-        """Leave key checks to :func:`build_row`, which names the stream, record and field."""
-
-    def _parse_timestamps_in_record(
-        self,
-        record: dict[str, t.Any],
-        schema: dict[str, t.Any],
-        treatment: DatetimeErrorTreatmentEnum,
-    ) -> None:
-        """Skip the SDK's parse: date columns parse their own text, and report bad values
-        as invalid records instead of the SDK turning them into nulls or crashing."""
+    def _arrive(self, *, tallied: bool = False) -> tuple[int, int]:
+        """Every record of every path enters here: numbered in the run's sequence and in its
+        stream, counted, and every few hundred records, the periodic work. ``tallied``: the
+        SDK counted it already (its own record path does)."""
+        intake = self._intake
+        seq = intake.seq = intake.seq + 1
+        number = self._record_number = self._record_number + 1
+        self._stats.records_read += 1
+        if not tallied:
+            self._untallied += 1
+        if not seq & PERIODIC_EVERY:
+            self.sync_counts()
+            intake.periodic()
+        return seq, number
 
     def process_record(self, record: dict[str, t.Any], context: dict[str, t.Any]) -> None:
-        self._record_number += 1
-        batcher = self._batcher
-        batcher.stats.records_read += 1
-        number = self._record_number
+        """The SDK's record path: stream maps, flattening, ``_sdc`` properties or schema
+        validation were applied first."""
+        seq, number = self._arrive(tallied=True)
         built = self._build(record)
-        check = self._validator
+        check = self.schema_check
         if isinstance(check, SchemaCheck) and check.violation is not None:
             source, message = check.violation
             check.violation = None
             row, problems = built
             column = self._columns.get(source, source or CONTACT_KEY)
             built = row, [FieldProblem(column, source or column, message), *(problems or ())]
-        pending = self._admit(built, record, number, self._dengage.record_seq)
+        pending = self._admit(built, record, number, seq)
         if pending is not None:
-            batcher.add(pending)
+            self._pipeline.add(pending)
 
     def take_record(self, record: dict[str, t.Any]) -> None:
-        """The record loop for a stream whose records need none of the SDK's generic steps
+        """The record path for a stream whose records need none of the SDK's generic steps
         (see ``TargetDengage._direct_sink``)."""
-        target = self._dengage
-        seq = target.record_seq = target.record_seq + 1
-        number = self._record_number = self._record_number + 1
-        self._untallied += 1
-        self._stats.records_read += 1
+        seq, number = self._arrive()
         pending = self._admit(self._build(record), record, number, seq)
         if pending is not None:
-            self._batcher.add(pending)
-        if not seq & AGE_CHECK_EVERY:
-            self.sync_counts()
-            target.every_few_records()
+            self._pipeline.add(pending)
 
     def take_shaped(self, record: msgspec.Struct, line: bytes | str) -> None:
         """:meth:`take_record` for a record that :attr:`decode_line` read into the plan's
         shape: the hot path of every load. The line is kept for explaining a rejection."""
-        target = self._dengage
-        seq = target.record_seq = target.record_seq + 1
-        number = self._record_number = self._record_number + 1
-        self._untallied += 1
-        self._stats.records_read += 1
+        seq, number = self._arrive()
         row, problems = self._build_shape(record)
         if problems is None:
-            self._batcher.add(Pending(row, self.stream_name, number, line, seq))
+            self._pipeline.add(Pending(row, self.stream_name, number, line, seq))
         else:
             self._admit((row, problems), line, number, seq)
-        if not seq & AGE_CHECK_EVERY:
-            self.sync_counts()
-            target.every_few_records()
 
     def take_raw(self, raw: msgspec.Raw) -> bool:
         """Change detection's short path, in place of the SDK's record loop, for a record
@@ -234,15 +220,9 @@ class DengageSink(BatchSink):
         identity = self._identify(raw)
         if identity is None:
             return False
-        target = self._dengage
-        seq = target.record_seq = target.record_seq + 1
-        number = self._record_number = self._record_number + 1
-        self._untallied += 1
-        self._stats.records_read += 1
-        self._add_unmapped(identity, raw, seq, number, self._materialize_later)
-        if not seq & AGE_CHECK_EVERY:
-            self.sync_counts()
-            target.every_few_records()
+        seq, number = self._arrive()
+        key, source = identity
+        self._pipeline.add_unread(Unread(key, source, raw, seq, number, self._materialize_later))
         return True
 
     def sync_counts(self) -> None:
@@ -265,9 +245,8 @@ class DengageSink(BatchSink):
         pending = Pending(row, self.stream_name, number, record, seq)
         if problems is None:
             return pending
-        batcher = self._batcher
-        stop = self._dengage.config["stop_on_error"]
-        message = batcher.reject_locally(pending, problems, fatal=stop)
+        stop = self._stop_on_error
+        message = self._pipeline.reject_locally(pending, problems, fatal=stop)
         if stop:
             error = (
                 MissingContactKeyError
@@ -279,9 +258,9 @@ class DengageSink(BatchSink):
                 "stop_on_error: false (with rejected_records_path) to set invalid records "
                 "aside and load the rest."
             )
-        if batcher.stats.rejected_locally <= REJECTIONS_LOGGED:
+        if self._stats.rejected_locally <= REJECTIONS_LOGGED:
             self.logger.warning("%s; set aside.", message)
-        elif batcher.stats.rejected_locally == REJECTIONS_LOGGED + 1:
+        elif self._stats.rejected_locally == REJECTIONS_LOGGED + 1:
             self.logger.warning(
                 "More invalid records are being set aside; the rejected file lists them all."
             )
@@ -289,4 +268,4 @@ class DengageSink(BatchSink):
 
     def process_batch(self, context: dict[str, t.Any]) -> None:
         """Called by the SDK's drain at end of input: send what is left, confirmed."""
-        self._dengage.batcher.flush_all()
+        self._pipeline.flush_all()

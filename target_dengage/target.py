@@ -1,45 +1,40 @@
-"""TargetDengage: settings, the run-wide client and batcher, and when STATE may be printed."""
+"""TargetDengage: settings, the run-wide client and pipeline, and when STATE may be printed."""
 
 from __future__ import annotations
 
-import decimal
 import ipaddress
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
 import typing as t
-from collections import Counter, deque
+from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-import msgspec
 from singer_sdk import typing as th
 from singer_sdk.exceptions import (
     ConfigValidationError,
     RecordsWithoutSchemaException,
-    SingerSDKError,
     StreamMapConfigError,
 )
-from singer_sdk.io_base import SingerReader
-from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.singerlib.json import serialize_json
-from singer_sdk.target_base import Target
 
-from target_dengage.batcher import ContactBatcher, DryRunWriter
 from target_dengage.batchfiles import BatchFileError, batch_records
 from target_dengage.client import DengageClient
+from target_dengage.contract import DEFAULT_API_URL, MAX_CONTACTS_PER_CALL, REGIONAL_HOSTS
 from target_dengage.errors import DengageError, InvalidInputError
+from target_dengage.intake import Intake
 from target_dengage.jobs import AsyncOptions, JobJournal, default_journal_path
 from target_dengage.mapping import validate_column_config
 from target_dengage.masking import quote
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
+from target_dengage.pipeline import Pipeline
+from target_dengage.reader import LineNumberedReader, stream_named_in
 from target_dengage.rejects import RejectedRecords
 from target_dengage.report import (
     Pace,
@@ -49,206 +44,16 @@ from target_dengage.report import (
     summary_json,
     summary_text,
 )
-from target_dengage.sinks import AGE_CHECK_EVERY, DengageSink
+from target_dengage.sdk import SdkTarget
+from target_dengage.sinks import DengageSink
 from target_dengage.statefiles import unwritable, write_json_atomic
 
 if t.TYPE_CHECKING:
-    from types import FrameType
-
     from target_dengage.ledger import Ledger
 
 logger = logging.getLogger(__name__)
-API_MAX_BATCH = 1000
-_DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
 #: STATEs held back at most; beyond it the newest replaces the last one held.
 MAX_HELD_STATES = 1000
-
-REGIONAL_HOSTS = (
-    "https://api.dengage.com",
-    "https://tr-api.dengage.com",
-    "https://us-api.dengage.com",
-    "https://eu-api.dengage.com",
-    "https://ru-api.dengage.com",
-    "https://sa-api.dengage.com",
-    "https://dev-api.dengage.com",
-)
-
-
-class _Envelope(msgspec.Struct):
-    """A message with its record left as JSON text (see ``LineNumberedReader.raw_records``)."""
-
-    type: str
-    stream: str = ""
-    record: msgspec.Raw = msgspec.Raw(b"")
-
-
-_ENVELOPE = msgspec.json.Decoder(_Envelope)
-
-
-#: Longest input line read: one Singer message, a record of a few KB in practice. A longer
-#: line is passed over unread (memory stays bounded) and set aside like an undecodable one.
-MAX_LINE_BYTES = 8 * 1024 * 1024
-_STREAM_NAME = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
-
-
-def _refuse_line(number: int, line: bytes | str, why: str) -> None:
-    raise InvalidInputError(
-        f"Input line {number} {why}; a Singer tap must write one JSON message per line."
-    )
-
-
-class LineNumberedReader(SingerReader):
-    """The SDK's reader loop, leaner: msgspec decodes each line (several times faster than
-    the standard library; floats still become ``Decimal``, as in the SDK's reader), the
-    ``type`` check is done once, and malformed input is named by its line number without
-    echoing it (a line may hold a whole contact). Input is read as bytes, a line at most
-    ``MAX_LINE_BYTES`` long: msgspec checks the UTF-8 itself, so nothing is decoded twice,
-    and a line number is always the line's."""
-
-    line_number = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: Streams whose records skip the SDK's generic record steps (see
-        #: ``TargetDengage._direct_sink``), with the sink that takes them.
-        self.records: dict[str, DengageSink] = {}
-        #: Of those, the streams whose records may be taken as JSON text (change detection's
-        #: short path): stream → a function that takes a record's text, or declines it.
-        self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
-        #: Told of a line that cannot be decoded (number, line, why): it stops the run by
-        #: raising, or sets the line aside and returns.
-        self.on_unreadable: t.Callable[[int, bytes | str, str], None] = _refuse_line
-
-    def process_lines(
-        self,
-        file_input: t.IO[str] | t.IO[bytes] | None,
-        callbacks: dict[str, t.Callable[[dict[str, t.Any]], None]],
-    ) -> t.Counter[str]:
-        stats: t.Counter[str] = Counter()
-        decode = self._decode
-        records = self.records
-        raw_records = self.raw_records
-        envelope = _ENVELOPE.decode
-        not_read = (msgspec.DecodeError, RecursionError)
-        direct = 0
-        # The stream of the last record, whose sink reads the next line first: runs of
-        # records of one stream are decoded straight into the shape its rows are built from.
-        shaped: str | None = None
-        shaper: DengageSink | None = None
-        lines: t.IO[str] | t.IO[bytes] = file_input or sys.stdin.buffer
-        readline = lines.readline
-        limit = MAX_LINE_BYTES + 1
-        while line := readline(limit):
-            self.line_number += 1
-            if len(line) == limit and line[-1:] not in (b"\n", "\n"):
-                self._pass_over(readline, limit)
-                self.on_unreadable(
-                    self.line_number, line, f"is longer than {MAX_LINE_BYTES:,} bytes"
-                )
-                continue
-            if raw_records:
-                try:
-                    outline = envelope(line)
-                except not_read:
-                    pass  # decoded again below, which names what is wrong
-                else:
-                    if outline.type == "RECORD":
-                        take = raw_records.get(outline.stream)
-                        if take is not None and take(outline.record):
-                            direct += 1
-                            continue
-            if shaper is not None:
-                try:
-                    shaped_line = shaper.decode_line(line)
-                except not_read:
-                    pass  # decoded again below, which names what is wrong
-                else:
-                    if shaped_line.type == "RECORD" and shaped_line.stream == shaped:
-                        shaper.take_shaped(shaped_line.record, line)
-                        direct += 1
-                        continue
-            message = decode(line)
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "RECORD":
-                stream = message.get("stream")
-                record = message.get("record")
-                if type(stream) is str and type(record) is dict:
-                    sink = records.get(stream)
-                    if sink is not None:
-                        sink.take_record(record)
-                        direct += 1
-                        shaped, shaper = stream, sink
-                        continue
-            else:
-                shaper = None  # a SCHEMA may replace the sink
-            callback = callbacks.get(kind)
-            if callback is None:
-                raise InvalidInputError(
-                    f"Input line {self.line_number}: unknown Singer message type "
-                    f"'{kind[:40]}' (expected SCHEMA, RECORD, STATE, ACTIVATE_VERSION or "
-                    "BATCH)."
-                )
-            self._handle(callback, message)
-            stats[kind] += 1
-        stats["RECORD"] += direct
-        return stats
-
-    def _handle(
-        self, callback: t.Callable[[dict[str, t.Any]], None], message: dict[str, t.Any]
-    ) -> None:
-        """Hand a message to the SDK's steps; whatever they raise about it (a stream map
-        failing on a value, a malformed schema) becomes one line naming the input line."""
-        try:
-            callback(message)
-        except (DengageError, InvalidInputLine, RecordsWithoutSchemaException):
-            raise
-        except (SingerSDKError, KeyError, TypeError, ValueError, RecursionError) as exc:
-            logger.debug("The SDK failed on input line %d", self.line_number, exc_info=True)
-            stream = message.get("stream")
-            named = f" (stream '{stream}')" if isinstance(stream, str) else ""
-            raise InvalidInputError(
-                f"Input line {self.line_number}{named}, a {message['type']} message, cannot "
-                f"be processed: {type(exc).__name__}: {quote(str(exc))}"
-            ) from None
-
-    @staticmethod
-    def _pass_over(readline: t.Callable[[int], bytes | str], limit: int) -> None:
-        """Read the rest of an overlong line, a block at a time, keeping none of it."""
-        while (rest := readline(limit)) and rest[-1:] not in (b"\n", "\n"):
-            pass
-
-    def deserialize_json(self, line: str) -> dict[str, t.Any]:
-        self.line_number += 1
-        message = self._decode(line)
-        if message is None:
-            raise InvalidInputError(f"Input line {self.line_number} cannot be decoded.")
-        return message
-
-    def _decode(self, line: str | bytes) -> dict[str, t.Any] | None:
-        """The line's message, or None when it was undecodable and set aside."""
-        try:
-            message = _DECODER.decode(line)
-        except RecursionError:
-            self.on_unreadable(self.line_number, line, "is nested too deeply to be read")
-            return None
-        except msgspec.DecodeError as exc:
-            self.on_unreadable(self.line_number, line, f"is not valid JSON ({exc})")
-            return None
-        if type(message) is not dict or type(message.get("type")) is not str:
-            raise InvalidInputError(
-                f"Input line {self.line_number} is not a Singer message (a JSON object with "
-                "a 'type')."
-            )
-        return message
-
-
-def stream_named_in(line: bytes | str) -> str | None:
-    """The stream an undecodable line names, when it can be found without decoding it."""
-    head = line[:65536]
-    found = _STREAM_NAME.search(head.encode() if isinstance(head, str) else head)
-    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -260,7 +65,7 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-class TargetDengage(Target):
+class TargetDengage(SdkTarget):
     """Upserts contacts from any Singer tap into D·engage master_contact, paced to the API."""
 
     name = "target-dengage"
@@ -271,11 +76,11 @@ class TargetDengage(Target):
         th.Property(
             "api_url",
             th.StringType(nullable=False),
-            default="https://api.dengage.com",
+            default=DEFAULT_API_URL,
             title="API URL",
             description=(
                 "Base URL of the D·engage REST API. Regional hosts: "
-                + ", ".join(REGIONAL_HOSTS[1:])
+                + ", ".join(REGIONAL_HOSTS)
                 + ". Must be https (http only for a loopback emulator)."
             ),
         ),
@@ -331,9 +136,9 @@ class TargetDengage(Target):
         th.Property(
             "batch_size_rows",
             th.IntegerType(nullable=False),
-            default=API_MAX_BATCH,
+            default=MAX_CONTACTS_PER_CALL,
             minimum=1,
-            maximum=API_MAX_BATCH,
+            maximum=MAX_CONTACTS_PER_CALL,
             description="Contacts per BulkUpsert request (D·engage takes at most 1000).",
         ),
         th.Property(
@@ -517,7 +322,8 @@ class TargetDengage(Target):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_parallelism = 1
-        self.record_seq = 0
+        self.intake = Intake()
+        self.intake.periodic = self.every_few_records
         #: STATEs not yet printed, with how many records had arrived before each.
         self._held_states: deque[tuple[int, float, dict[str, t.Any]]] = deque()
         self._printed_state: str | None = None
@@ -553,9 +359,7 @@ class TargetDengage(Target):
             max_jobs=config["max_jobs_in_flight"],
             poll_interval=config["poll_interval_seconds"],
         )
-        self._dry_run = (
-            DryRunWriter(config.get("dry_run_output_path")) if config["dry_run"] else None
-        )
+        self._dry_run: bool = config["dry_run"]
         self._ledger: Ledger | None = None
         if config["change_detection"]:
             from target_dengage.ledger import default_ledger_url, open_ledger
@@ -563,7 +367,7 @@ class TargetDengage(Target):
             self._ledger = open_ledger(
                 config.get("ledger_url") or default_ledger_url(account), account
             )
-        self.batcher = ContactBatcher(
+        self.pipeline = Pipeline(
             self.client,
             self._rejects,
             batch_size=config["batch_size_rows"],
@@ -583,6 +387,7 @@ class TargetDengage(Target):
             if config["mode"] == "async" and not config["dry_run"]
             else None,
             dry_run=self._dry_run,
+            dry_run_path=config.get("dry_run_output_path"),
             ledger=self._ledger,
             ledger_max_age_days=config.get("ledger_max_age_days"),
         )
@@ -681,15 +486,14 @@ class TargetDengage(Target):
                 "stop_on_error: false (with rejected_records_path) to set such lines aside "
                 "and load the rest."
             )
-        self.record_seq += 1
-        self.batcher.reject_line(number, stream, why, line, self.record_seq)
+        self.pipeline.reject_line(number, stream, why, line, self.intake.set_aside())
         self.logger.warning("%s; set aside.", said)
 
-    def _process_schema_message(self, message_dict: dict[str, t.Any]) -> None:
-        schema = message_dict.get("schema")
-        keys = message_dict.get("key_properties")
+    def check_schema_message(self, message: dict[str, t.Any]) -> None:
+        schema = message.get("schema")
+        keys = message.get("key_properties")
         if (
-            not isinstance(message_dict.get("stream"), str)
+            not isinstance(message.get("stream"), str)
             or not isinstance(schema, dict)
             or not isinstance(schema.get("properties"), dict)
             or not (
@@ -700,52 +504,33 @@ class TargetDengage(Target):
                 "a SCHEMA message needs a 'stream' (text), a 'schema' object with "
                 "'properties', and 'key_properties' as a list of names."
             )
-        super()._process_schema_message(message_dict)
-        stream = message_dict["stream"]
-        sink = self._direct_sink(stream)
+
+    def schema_ready(self, stream: str) -> None:
+        """Plain streams' records go from the reader straight to their sink."""
+        sink = self.plain_sink(stream)
         reader = t.cast("LineNumberedReader", self.message_reader)
         reader.records.pop(stream, None)
         reader.raw_records.pop(stream, None)
-        if sink is not None:
+        if isinstance(sink, DengageSink):
             reader.records[stream] = sink
             if self._ledger is not None:
                 reader.raw_records[stream] = sink.take_raw
 
-    def _direct_sink(self, stream: str) -> DengageSink | None:
-        """The sink a stream's records can go to straight, when the SDK's generic steps would
-        all be no-ops: no stream map or flattening (so no copy of the record is needed, as
-        the sink never changes it), no ``_sdc`` metadata, no JSON-schema validation."""
-        maps = self.mapper.stream_maps.get(stream, [])
-        if len(maps) != 1 or type(maps[0]) is not SameRecordTransform:
-            return None
-        if maps[0].flattening_options and maps[0].flattening_enabled:
-            return None
-        sink = self._sinks_active.get(maps[0].stream_alias)
-        if (
-            not isinstance(sink, DengageSink)
-            or sink.include_sdc_metadata_properties
-            or sink.get_validator() is not None
-        ):
-            return None
-        return sink
-
-    def _process_record_message(self, message_dict: dict[str, t.Any]) -> None:
-        if not isinstance(message_dict.get("stream"), str) or not isinstance(
-            message_dict.get("record"), dict
+    def check_record_message(self, message: dict[str, t.Any]) -> None:
+        if not isinstance(message.get("stream"), str) or not isinstance(
+            message.get("record"), dict
         ):
             raise self._bad_message(
                 "a RECORD message needs a 'stream' (text) and a 'record' (an object)."
             )
-        self.record_seq += 1
-        super()._process_record_message(message_dict)
 
-    def _process_batch_message(self, message_dict: dict[str, t.Any]) -> None:
+    def batch_message(self, message: dict[str, t.Any]) -> None:
         """A BATCH message's records take the RECORD path, one at a time as their files are
         streamed: the same maps, validation, rejection, change detection and STATE rules.
         A file that cannot be read stops the run, with no STATE past it."""
-        stream = message_dict.get("stream")
-        encoding = message_dict.get("encoding")
-        manifest = message_dict.get("manifest")
+        stream = message.get("stream")
+        encoding = message.get("encoding")
+        manifest = message.get("manifest")
         if (
             not isinstance(stream, str)
             or not isinstance(encoding, dict)
@@ -764,9 +549,7 @@ class TargetDengage(Target):
                         why = f"holds a record that cannot be read: line {number} of {url} {item}"
                         self._unreadable_line(line, b"", why, stream)
                     else:
-                        self._process_record_message(
-                            {"type": "RECORD", "stream": stream, "record": item}
-                        )
+                        self.record_message({"type": "RECORD", "stream": stream, "record": item})
             except BatchFileError as exc:
                 raise InvalidInputError(
                     f"Input line {line} (stream '{stream}'), a BATCH message: its manifest "
@@ -774,32 +557,30 @@ class TargetDengage(Target):
                     "printed."
                 ) from None
 
-    def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
-        super()._process_state_message(message_dict)
-        state: dict[str, t.Any] = message_dict["value"]
-        if not state or self._latest_state is not state:
-            return
+    def state_received(self, state: dict[str, t.Any]) -> None:
+        """Hold the STATE until every record before it is confirmed or written down."""
         held = self._held_states
-        if held and (held[-1][0] == self.record_seq or len(held) >= MAX_HELD_STATES):
+        seq = self.intake.seq
+        if held and (held[-1][0] == seq or len(held) >= MAX_HELD_STATES):
             # Collapse into the newer STATE: it covers everything the older one did, so
             # this only delays that checkpoint, and memory stays bounded for taps that
             # send a STATE after every record.
             received = held.pop()[1]
         else:
             received = time.monotonic()
-        held.append((self.record_seq, received, state))
+        held.append((seq, received, state))
         self._print_confirmed_state()
 
-    def _write_state_message(self, state: dict[str, t.Any]) -> None:
-        """The SDK calls this after a full drain; print only what D·engage confirmed."""
-        self.batcher.flush_all()
+    def input_drained(self) -> None:
+        """After the SDK's drain: everything is sent; print what D·engage confirmed."""
+        self.pipeline.flush_all()
         self._print_confirmed_state()
 
     def _print_confirmed_state(self) -> None:
         """Print the newest STATE whose records are all confirmed or written down."""
-        if self._dry_run is not None:
+        if self._dry_run:
             return
-        watermark = self.batcher.watermark
+        watermark = self.pipeline.watermark
         ready = None
         while self._held_states and self._held_states[0][0] < watermark:
             ready = self._held_states.popleft()[2]
@@ -818,24 +599,19 @@ class TargetDengage(Target):
                 ) from None
             self._printed_state = line
 
-    def _handle_max_record_age(self) -> None:
-        """Runs after every record; the work is done once every few hundred."""
-        if not self.record_seq & AGE_CHECK_EVERY:
-            self.every_few_records()
-
     def every_few_records(self) -> None:
         """Polls async jobs that are due. And instead of the SDK's drain of everything every
         5 minutes (which would send part-full requests of every column set), sends only the
         buckets that keep the newest STATE from being printed, once the oldest held STATE is
         that old."""
-        self.batcher.poll()
+        self.pipeline.poll()
         held = self._held_states
         if held and time.monotonic() - held[0][1] > self._MAX_RECORD_AGE_IN_MINUTES * 60:
-            self.batcher.flush_through(held[-1][0])
+            self.pipeline.flush_through(held[-1][0])
             self._print_confirmed_state()
 
     def process_endofpipe(self) -> None:
-        for sink in (*self._sinks_active.values(), *self._sinks_to_clear):
+        for sink in self.all_sinks():
             if isinstance(sink, DengageSink):
                 sink.sync_counts()  # before the drain reads them
         try:
@@ -844,7 +620,7 @@ class TargetDengage(Target):
             self.client.close()  # no more calls after the end of input
             if self._ledger is not None:
                 self._ledger.close()
-        stats = self.batcher.stats
+        stats = self.pipeline.stats
         if stats.unaccounted:
             raise DengageError(
                 f"{stats.unaccounted} record(s) were rejected and no rejected_records_path is "
@@ -865,8 +641,8 @@ class TargetDengage(Target):
     def _view(self) -> RunView:
         client = self.client
         return RunView(
-            stats=self.batcher.stats,
-            jobs=self.batcher.jobs.stats if self.batcher.jobs is not None else None,
+            stats=self.pipeline.stats,
+            jobs=self.pipeline.jobs,
             retries=client.retries,
             rate_limited=client.rate_limited,
             rate_limited_seconds=client.rate_limited_seconds,
@@ -880,15 +656,15 @@ class TargetDengage(Target):
         view = self._view()
         config = self.config
         rejected_path = str(self._rejects.path) if self._rejects is not None else None
-        if self._dry_run is not None:
-            self._dry_run.close()
+        if self._dry_run:
+            self.pipeline.close()
             self.logger.info("%s", plan_text(view, self._pace, config.get("dry_run_output_path")))
         self.logger.info("%s", summary_text(view, rejected_path))
         if config.get("run_summary_path"):
             summary = summary_json(
                 view,
                 mode=config["mode"],
-                dry_run=self._dry_run is not None,
+                dry_run=self._dry_run,
                 started_at=self._started_wall,
                 error=error,
                 rejected_path=rejected_path,
@@ -909,7 +685,7 @@ class TargetDengage(Target):
 
     # Ending a run ------------------------------------------------------------------------
 
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+    def signalled(self, signum: int) -> None:
         """Stop at once, without the SDK's final drain (meltano/sdk#3775): records not
         yet confirmed stay unacknowledged, so the next run sends them again."""
         self.logger.warning(
@@ -931,23 +707,13 @@ class TargetDengage(Target):
         return command
 
     @classmethod
-    def invoke(  # type: ignore[override]
-        cls,
-        *,
-        about: bool = False,
-        about_format: str | None = None,
-        config: _ConfigInput | None = None,
-        file_input: t.IO[str] | None = None,
-    ) -> None:
-        """The SDK's invoke, plus: our own errors as one clear line (not a traceback), a
-        non-zero exit, the run summary however the run ends, and a quick exit."""
-        super(Target, cls).invoke(about=about, about_format=about_format)
-        cls.print_version(print_fn=cls.logger.info)
-        config = config or _ConfigInput()
-        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+    def run(cls, target: t.Any, file_input: t.IO[str] | t.IO[bytes] | None) -> None:
+        """The run, plus: our own errors as one clear line (not a traceback), a non-zero
+        exit, the run summary however the run ends, and a quick exit."""
+        assert isinstance(target, TargetDengage)
         target._progress.start()
         try:
-            target.listen(file_input)
+            target.listen(t.cast("t.IO[str] | None", file_input))
         except UnicodeDecodeError:
             line = t.cast("LineNumberedReader", target.message_reader).line_number
             message = f"Input line {line} is not valid UTF-8 text."

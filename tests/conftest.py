@@ -125,13 +125,12 @@ def run_target(
     *,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
-    kill_after: float | None = None,
     kill_when: Callable[[], bool] | None = None,
 ) -> Run:
     """Run the installed CLI as a user would: config file, messages on stdin.
 
-    ``kill_after`` sends SIGKILL that many seconds after the start, as a crash would;
-    ``kill_when`` sends it as soon as the condition holds (checked every 10 ms).
+    ``kill_when`` sends SIGKILL, as a crash would, as soon as the condition holds (checked
+    every 10 ms): tests kill on what they observe, never on a timer.
     """
     config_path = tmp_path / f"config-{time.monotonic_ns()}.json"
     config_path.write_text(json.dumps(config))
@@ -170,9 +169,6 @@ def run_target(
         readers = [threading.Thread(target=read_stdout), threading.Thread(target=read_stderr)]
         for reader in readers:
             reader.start()
-        killer = threading.Timer(kill_after, proc.kill) if kill_after is not None else None
-        if killer is not None:
-            killer.start()
         watcher = None
         if kill_when is not None:
             condition = kill_when
@@ -195,8 +191,6 @@ def run_target(
         try:
             proc.wait(timeout=RUN_TIMEOUT)
         finally:
-            if killer is not None:
-                killer.cancel()
             proc.kill()
             if watcher is not None:
                 watcher.join()

@@ -98,7 +98,14 @@ def test_a_crash_before_confirmation_leaves_those_contacts_out_of_the_ledger(
 ) -> None:
     emulator.inject_fault(BULK, count=1)
     emulator.inject_fault(BULK, status=500, hang_seconds=60)  # the second request never returns
-    crashed = run_target(sqlite_config, _messages(2000), tmp_path, kill_after=3.0)
+    # Killed once the second request is in D·engage's hands (it never returns): the first
+    # one's answer was booked before the second was sent.
+    crashed = run_target(
+        sqlite_config,
+        _messages(2000),
+        tmp_path,
+        kill_when=lambda: len(emulator.bulk_calls()) >= 2,
+    )
 
     assert crashed.returncode == -9
     ledger = tmp_path / "ledger.sqlite"

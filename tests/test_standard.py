@@ -70,6 +70,13 @@ class TestTargetDengage(StandardTargetTests):  # type: ignore[misc, valid-type]
         SCHEMA message has none."""
         super().test_target_pk_updates(config, resource, runner)
 
+    if hasattr(StandardTargetTests, "test_target_string_formats"):  # singer-sdk 0.55 on
+
+        @pytest.mark.xfail(raises=InvalidInputError, strict=True, reason=NO_CONTACT_KEY)
+        def test_target_string_formats(self, config: Any, resource: Any, runner: Any) -> None:
+            """``key_properties: []`` and no contact_key column."""
+            super().test_target_string_formats(config, resource, runner)
+
 
 def test_the_standard_streams_reached_the_emulator() -> None:
     """Runs after the class above (pytest keeps file order): the suite really loaded data."""
