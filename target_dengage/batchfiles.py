@@ -1,6 +1,6 @@
 """The records of a BATCH message's files, read one at a time.
 
-An SDK tap in batch mode writes its records to files (JSON lines or Parquet, gzipped or not)
+An SDK tap in batch mode writes its records to files (JSON lines, Parquet or Arrow IPC)
 and sends only their URLs. The SDK's own reader loads a whole file into a list before the
 sink sees a record; here a file is streamed, so a batch of millions of contacts takes no more
 memory than one request's worth. Files are opened through fsspec, as the SDK opens them, so
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import decimal
 import gzip
+import importlib
 import typing as t
 from collections.abc import Iterator, Mapping
 
@@ -46,8 +47,10 @@ def batch_records(url: str, encoding: Mapping[str, t.Any]) -> Iterator[Item]:
                 yield from _jsonl(_ungzipped(t.cast("t.IO[bytes]", f)))
             elif form == "parquet":  # its "gzip" compresses pages inside the file
                 yield from _parquet(t.cast("t.IO[bytes]", f))
+            elif form == "arrow":  # singer-sdk 0.55's Arrow IPC files
+                yield from _arrow(t.cast("t.IO[bytes]", f))
             else:
-                raise BatchFileError(f"format '{form}' is not supported (jsonl or parquet)")
+                raise BatchFileError(f"format '{form}' is not supported (jsonl, parquet or arrow)")
     except BatchFileError:
         raise
     except (OSError, EOFError, ValueError, ImportError) as exc:
@@ -87,14 +90,36 @@ def _jsonl(file: t.IO[bytes]) -> Iterator[Item]:
 
 
 def _parquet(file: t.IO[bytes]) -> Iterator[Item]:
-    try:
-        import pyarrow.parquet as pq  # only taps writing Parquet batches need it
-    except ImportError:
-        raise BatchFileError(
-            "Parquet batch files need pyarrow: pip install 'target-dengage[parquet]'"
-        ) from None
+    pq = _pyarrow("pyarrow.parquet", "Parquet")
+    yield from _rows(pq.ParquetFile(file).iter_batches(batch_size=PARQUET_ROWS))
+
+
+def _arrow(file: t.IO[bytes]) -> Iterator[Item]:
+    """An Arrow IPC file (or stream), a record batch at a time."""
+    ipc = _pyarrow("pyarrow.ipc", "Arrow")
+    head = file.read(6)
+    file.seek(0)
+    if head == b"ARROW1":
+        reader = ipc.open_file(file)
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        batches = iter(ipc.open_stream(file))
+    yield from _rows(batches)
+
+
+def _rows(batches: Iterator[t.Any]) -> Iterator[Item]:
     number = 0
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=PARQUET_ROWS):
+    for batch in batches:
         for row in batch.to_pylist():
             number += 1
             yield number, row
+
+
+def _pyarrow(module: str, form: str) -> t.Any:
+    """pyarrow, which only taps writing Parquet or Arrow batches need."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BatchFileError(
+            f"{form} batch files need pyarrow: pip install 'target-dengage[parquet]'"
+        ) from None

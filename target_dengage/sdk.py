@@ -12,6 +12,7 @@ release drops or renames one of them.
 from __future__ import annotations
 
 import typing as t
+from importlib.metadata import version
 
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
@@ -129,8 +130,26 @@ class SdkTarget(Target):
         cls.run(target, file_input)
 
 
+def _counts_records_when_written() -> bool:
+    """singer-sdk 0.55 advances the ``record_count`` metric when a drain marks the records
+    read as written; 0.54 advanced it per record in its record loop, which the target's
+    plain-stream path bypasses."""
+    major, minor = (int(part) for part in version("singer-sdk").split(".")[:2])
+    return (major, minor) >= (0, 55)
+
+
+COUNTS_RECORDS_WHEN_WRITTEN = _counts_records_when_written()
+
+
 class SdkSink(BatchSink):
     """singer-sdk's ``BatchSink``, with the steps the sink does itself switched off."""
+
+    def count_read(self, count: int) -> None:
+        """Records the sink took past the SDK's record loop: in the SDK's tally of records
+        read, and in the ``record_count`` metric, as the loop would have counted them."""
+        self.tally_record_read(count)
+        if not COUNTS_RECORDS_WHEN_WRITTEN:
+            self.record_counter_metric.increment(count)
 
     @property
     def schema_check(self) -> BaseJSONSchemaValidator | None:

@@ -68,7 +68,7 @@ class DengageSink(SdkSink):
         target: Target,
         stream_name: str,
         schema: dict[str, t.Any],
-        key_properties: t.Sequence[str] | None,
+        key_properties: list[str] | tuple[str, ...] | None,
     ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
         host = t.cast("RecordHost", target)
@@ -230,8 +230,7 @@ class DengageSink(SdkSink):
         the records :meth:`take_raw` took: once per few hundred records, not per record,
         and before anything reads them (the drain at the end)."""
         if self._untallied:
-            self.tally_record_read(self._untallied)
-            self.record_counter_metric.increment(self._untallied)
+            self.count_read(self._untallied)
             self._untallied = 0
 
     def _materialize(self, raw: msgspec.Raw, number: int, seq: int) -> Pending | None:

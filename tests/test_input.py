@@ -423,3 +423,30 @@ def test_closed_stdout_ends_with_one_clear_line(
     _no_traceback(stderr)
     assert "stdout was closed; no STATE could be written" in stderr
     assert "c1" in emulator.contacts()
+
+
+@pytest.mark.parametrize("ipc", ["file", "stream"])
+def test_arrow_batch_files_are_loaded(
+    ipc: str, emulator: DengageEmulator, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """singer-sdk 0.55 taps can write Arrow IPC batch files."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist([contact(i) for i in range(1, 31)])
+    path = tmp_path / f"part.{ipc}.arrow"
+    with pa.OSFile(str(path), "wb") as sink:
+        new = pa.ipc.new_file if ipc == "file" else pa.ipc.new_stream
+        with new(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=7)
+    batch = {
+        "type": "BATCH",
+        "stream": "contacts",
+        "encoding": {"format": "arrow", "compression": "none"},
+        "manifest": [path.as_uri()],
+    }
+    config = {**base_config, "column_mapping": MAPPING}
+    run = run_target(config, [schema(), batch, state({"p": 1})], tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    assert run.states == [{"p": 1}]
+    assert set(emulator.contacts()) == _keys(1, 30)

@@ -7,10 +7,13 @@ and what the target does with it, so a failure says exactly what to adapt in sdk
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import singer_sdk
+from conftest import MAPPING, contact, record, run_target, schema, state
 from singer_sdk import mapper, plugin_base
 from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
@@ -83,3 +86,23 @@ def test_private_attributes_of_a_live_target_and_sink_are_still_there(
     )
     assert isinstance(sink, SdkSink)
     assert sink.schema_check is not None  # validate_records: the SDK made a validator
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-stream", "sdk-record-path"])
+def test_record_count_metric_counts_each_record_once(
+    plain: bool, emulator: DengageEmulator, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The plain-stream path bypasses the SDK's record loop, which counts records; the
+    metric must still count every record once, whichever SDK version counts it where."""
+    config = {**base_config, "column_mapping": MAPPING, "dry_run": True}
+    if not plain:
+        config["stream_maps"] = {"contacts": {"first_name": "first_name"}}
+    messages = [schema(), *(record(**contact(i)) for i in range(1, 6)), state({"p": 1})]
+    run = run_target(config, messages, tmp_path)
+    assert run.returncode == 0, run.stderr
+    counts = [
+        json.loads(line.split("METRIC: ", 1)[1])
+        for line in run.stderr.splitlines()
+        if "METRIC: " in line and '"record_count"' in line
+    ]
+    assert sum(metric["value"] for metric in counts) == 5, counts
