@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from target_dengage.accountstate import FileJobLog, account_file
 from target_dengage.errors import DengageError, DengageRequestError
 from target_dengage.masking import quote
 from target_dengage.protocol import BulkOutcome, JobStatus
-from target_dengage.statefiles import default_state_dir, read_json_object, write_json_atomic
+from target_dengage.statefiles import default_state_dir
 
 if TYPE_CHECKING:
     from target_dengage.client import DengageClient
@@ -33,38 +34,25 @@ MAX_POLL_SECONDS = 60.0
 MIN_POLL_SECONDS = 0.05
 
 
-def default_journal_path() -> Path:
-    return default_state_dir() / "jobs.json"
+def default_journal_path(account: str | None = None) -> Path:
+    """The account's own journal under the state folder (``jobs-<digest>.json``); without an
+    account, the shared file of versions before that (``jobs.json``, keyed by account)."""
+    if account is None:
+        return default_state_dir() / "jobs.json"
+    return account_file(default_state_dir(), "jobs", account)
 
 
-class JobJournal:
-    """Unconfirmed job ids per account, with the contact keys each carries."""
+class JobJournal(FileJobLog):
+    """Unconfirmed job ids per account, with the contact keys each carries (a file
+    :class:`~target_dengage.accountstate.JobLog`, safe for runs at the same time).
+
+    Given the account's default file, it also takes over the account's entries from the
+    shared default file older versions wrote, so a crash before an upgrade is recovered.
+    """
 
     def __init__(self, path: Path, key: str) -> None:
-        self.path = path
-        self._key = key
-
-    def entries(self) -> list[dict[str, Any]]:
-        jobs = read_json_object(self.path).get(self._key, [])
-        return [j for j in jobs if isinstance(j, dict) and isinstance(j.get("job_id"), str)]
-
-    def _write(self, jobs: list[dict[str, Any]], *, durable: bool) -> None:
-        data = read_json_object(self.path)
-        if jobs:
-            data[self._key] = jobs
-        else:
-            data.pop(self._key, None)
-        write_json_atomic(self.path, data, durable=durable)
-
-    def add(self, job_id: str, keys: Sequence[str]) -> None:
-        """Synced to disk: a job the journal forgets could land after a rerun's newer data."""
-        entry = {"job_id": job_id, "submitted_at": time.time(), "keys": keys}
-        self._write([*self.entries(), entry], durable=True)
-
-    def remove(self, job_ids: Iterable[str]) -> None:
-        """Not synced: a confirmed job still listed after a power cut only costs one poll."""
-        gone = set(job_ids)
-        self._write([j for j in self.entries() if j["job_id"] not in gone], durable=False)
+        legacy = default_journal_path() if path == default_journal_path(key) else None
+        super().__init__(path, key, legacy=legacy)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Pacing of sync BulkUpsert calls: never two at once, one per interval, across runs too.
 
-D·engage counts calls per account, not per process: a run that starts right after another
-must wait for the rest of the interval, or its first call gets a 429. The start time of each
-call is therefore kept in a small JSON file, keyed by API URL and user.
+D·engage counts calls per account, not per process: a run that starts right after another,
+or alongside it, must wait for the rest of the interval and for the other's call to end, or
+its call gets a 429. Each call therefore takes the account's turn in a shared
+:class:`~target_dengage.accountstate.CallClock` (a lock across processes, with the start of
+the account's last call), keyed by API URL and user.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from target_dengage.statefiles import default_state_dir, read_json_object, write_json_atomic
+from target_dengage.accountstate import CallClock, FileCallClock, account_file
+from target_dengage.statefiles import default_state_dir
 
 T = TypeVar("T")
 
@@ -26,9 +29,17 @@ PACING_MARGIN = 0.02
 MIN_PACING_MARGIN_SECONDS = 0.1
 MAX_PACING_MARGIN_SECONDS = 1.0
 
+#: The file clock target.py builds: ``PacingMemory(path, account, logger)``.
+PacingMemory = FileCallClock
 
-def default_pacing_path() -> Path:
-    return default_state_dir() / "pacing.json"
+
+def default_pacing_path(account: str | None = None) -> Path:
+    """The account's own pacing file under the state folder (``pacing-<digest>.json``), so
+    accounts never wait for each other's locks; without an account, the file of versions
+    before that (``pacing.json``, keyed by account too, so it still works when given)."""
+    if account is None:
+        return default_state_dir() / "pacing.json"
+    return account_file(default_state_dir(), "pacing", account)
 
 
 def account_key(api_url: str, userkey: str | None, access_token: str | None) -> str:
@@ -40,51 +51,24 @@ def account_key(api_url: str, userkey: str | None, access_token: str | None) -> 
     return f"{api_url.rstrip('/')}|{who}"
 
 
-class PacingMemory:
-    """The last call's start time per account, in a JSON file replaced atomically."""
-
-    def __init__(self, path: Path, key: str, logger: logging.Logger) -> None:
-        self.path = path
-        self._key = key
-        self._logger = logger
-        self._warned = False
-
-    def _read(self) -> dict[str, float]:
-        data = read_json_object(self.path)
-        return {k: v for k, v in data.items() if isinstance(v, int | float)}
-
-    def last_start(self) -> float | None:
-        """Wall-clock time of the account's last call, if one was recorded."""
-        return self._read().get(self._key)
-
-    def record(self, started: float) -> None:
-        data = self._read()
-        data[self._key] = started
-        try:
-            write_json_atomic(self.path, data, durable=False)  # advisory: a 429 at worst
-        except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                self._logger.warning(
-                    "Cannot write the pacing state file %s (%s); a run started right after "
-                    "this one may be rate-limited.",
-                    self.path,
-                    exc.strerror or exc,
-                )
-
-
 class Pacer:
-    """Runs calls one at a time, their starts at least ``interval`` seconds apart.
+    """Runs calls one at a time, their starts at least ``interval`` (+ margin) apart.
 
-    The lock is held for the whole call, which is what makes "never two at once" hold
-    across threads; each wait is logged once, with the time left.
+    Every call takes this process's lock, then the account's turn in the shared clock, and
+    holds both until the call has returned: that is what makes "never two at once" hold
+    across threads and across runs. Inside the turn it reads the account's last start (the
+    other runs' calls included), waits out the spacing on the wall clock, records its own
+    start and calls. With ``interval`` 0 there is nothing to space: no clock is touched.
+
+    ``last_start`` (monotonic) is this process's last call start; ``waited_seconds`` the
+    time spent waiting for the spacing and for other runs' turns.
     """
 
     def __init__(
         self,
         interval: float,
         logger: logging.Logger,
-        memory: PacingMemory | None = None,
+        memory: CallClock | None = None,
     ) -> None:
         self.interval = interval
         margin = min(
@@ -92,36 +76,57 @@ class Pacer:
         )
         self._spacing = interval + margin if interval > 0 else 0.0
         self._logger = logger
-        self._memory = memory
+        self._clock = memory if interval > 0 else None
         self._lock = threading.Lock()
         self.last_start: float | None = None
         self.waited_seconds = 0.0
-        previous = memory.last_start() if memory else None
-        if previous is not None and interval > 0:
-            ago = max(0.0, time.time() - previous)
-            if ago < self._spacing:
-                self.last_start = time.monotonic() - ago
-                logger.info(
-                    "The last BulkUpsert call for this account was %.1f s ago (an earlier run); "
-                    "the first call waits for the rest of the %g s interval.",
-                    ago,
-                    interval,
-                )
+        #: The wall-clock start this process last recorded: a later start read from the
+        #: clock is another run's.
+        self._recorded: float | None = None
+        self._told_other_run = False
 
     def run(self, call: Callable[[], T]) -> T:
         with self._lock:
-            if self.last_start is not None:
-                left = self.last_start + self._spacing - time.monotonic()
-                if left > 0:
-                    self._logger.info(
-                        "Waiting %.1f s before the next BulkUpsert call "
-                        "(D·engage allows one call every %g s).",
-                        left,
-                        self.interval,
-                    )
-                    time.sleep(left)
-                    self.waited_seconds += left
-            self.last_start = time.monotonic()
-            if self._memory is not None and self.interval > 0:
-                self._memory.record(time.time())
-            return call()
+            if self._clock is None:
+                self._wait(None)
+                self.last_start = time.monotonic()
+                return call()
+            asked = time.monotonic()
+            with self._clock.turn() as previous:
+                self.waited_seconds += time.monotonic() - asked  # another run's call
+                self._wait(previous)
+                self.last_start = time.monotonic()
+                self._recorded = time.time()
+                self._clock.started(self._recorded)
+                return call()
+
+    def _wait(self, previous: float | None) -> None:
+        """Sleep out the spacing after this process's last call and after ``previous``, the
+        account's last recorded start (wall clock), whichever ends later."""
+        left = 0.0
+        if self.last_start is not None:
+            left = self.last_start + self._spacing - time.monotonic()
+        if previous is not None and previous != self._recorded:
+            ago = time.time() - previous
+            # A clock set back never makes a run wait more than one spacing.
+            theirs = min(self._spacing, self._spacing - ago)
+            if theirs > 0:
+                self._logger.log(
+                    logging.DEBUG if self._told_other_run else logging.INFO,
+                    "The last BulkUpsert call for this account was %.1f s ago (an earlier run, "
+                    "or one running alongside this one); this call waits for the rest of the "
+                    "%g s interval.",
+                    max(0.0, ago),
+                    self.interval,
+                )
+                self._told_other_run = True
+            left = max(left, theirs)
+        if left > 0:
+            self._logger.info(
+                "Waiting %.1f s before the next BulkUpsert call "
+                "(D·engage allows one call every %g s).",
+                left,
+                self.interval,
+            )
+            time.sleep(left)
+            self.waited_seconds += left

@@ -180,8 +180,10 @@ class TargetDengage(SdkTarget):
             th.StringType,
             description=(
                 "File that remembers when the last BulkUpsert call of each account started, "
-                "so a run started right after another still keeps to one call per interval. "
-                "Default: $XDG_CACHE_HOME/target-dengage/pacing.json (~/.cache/...)."
+                "so runs on this machine, one after another or at once, keep to one call per "
+                "interval together (read and written under a lock before every call). "
+                "Default: $XDG_CACHE_HOME/target-dengage/pacing-<hash>.json, one per account "
+                "(~/.cache/...)."
             ),
         ),
         th.Property(
@@ -235,8 +237,9 @@ class TargetDengage(SdkTarget):
             th.StringType,
             description=(
                 "async mode: file listing submitted, unconfirmed jobs, so a rerun after a crash "
-                "waits for them first. Default: beside pacing_state_path's default "
-                "($XDG_CACHE_HOME/target-dengage/jobs.json)."
+                "waits for them first (written under a lock, so runs at once lose none). "
+                "Default: beside pacing_state_path's default "
+                "($XDG_CACHE_HOME/target-dengage/jobs-<hash>.json, one per account)."
             ),
         ),
         th.Property(
@@ -338,7 +341,7 @@ class TargetDengage(SdkTarget):
         )
         account = account_key(config["api_url"], config.get("userkey"), config.get("access_token"))
         memory = PacingMemory(
-            Path(config.get("pacing_state_path") or default_pacing_path()).expanduser(),
+            Path(config.get("pacing_state_path") or default_pacing_path(account)).expanduser(),
             account,
             self.logger,
         )
@@ -377,7 +380,9 @@ class TargetDengage(SdkTarget):
             on_confirmed=self._print_confirmed_state,
             async_options=AsyncOptions(
                 journal=JobJournal(
-                    Path(config.get("job_journal_path") or default_journal_path()).expanduser(),
+                    Path(
+                        config.get("job_journal_path") or default_journal_path(account)
+                    ).expanduser(),
                     account,
                 ),
                 max_in_flight=config["max_jobs_in_flight"],
@@ -447,10 +452,10 @@ class TargetDengage(SdkTarget):
         if dry:
             outputs.append(("dry_run_output_path", config.get("dry_run_output_path"), False))
         elif config["mode"] == "async":
-            journal = config.get("job_journal_path") or str(default_journal_path())
+            journal = config.get("job_journal_path") or str(default_journal_path(account))
             outputs.append(("job_journal_path", journal, True))
         else:
-            pacing = config.get("pacing_state_path") or str(default_pacing_path())
+            pacing = config.get("pacing_state_path") or str(default_pacing_path(account))
             outputs.append(("pacing_state_path", pacing, True))
         if config["change_detection"]:
             from target_dengage.ledger import default_ledger_url, sqlite_file
