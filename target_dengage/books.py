@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import typing as t
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -146,7 +147,7 @@ class Books:
         A contact the answer does not name at all is confirmed for STATE (the request was),
         but not written to the ledger, so the next run sends it again."""
         stats = self.stats
-        sent = {str(p.row[CONTACT_KEY]) for p in group}
+        sent = {t.cast("str", p.row[CONTACT_KEY]) for p in group}  # text by then
         named = Named(outcome, sent)
         stats.inserted += len(named.inserted)
         stats.updated += len(named.updated)

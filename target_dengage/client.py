@@ -113,8 +113,8 @@ class _Bearer(requests.auth.AuthBase):
 
 # -- the call's deadline -------------------------------------------------------------------
 # A read timeout bounds each wait for a byte, not the call: an answer that drips a byte
-# every second would never time out. So every call has a watch, and a timer that shuts
-# down the call's socket when the deadline passes; the blocked read then fails at once.
+# every second would never time out. So every call has a watch, and a watchdog shuts down
+# the call's socket when the deadline passes; the blocked read then fails at once.
 
 
 class _Watch:
@@ -136,6 +136,41 @@ class _Watch:
             self.expired = True
             for sock in self._sockets:
                 _shut(sock)
+
+
+class _Watchdog:
+    """One thread for the client's life, expiring the watches whose deadline passed: a
+    thread (or timer) per call would cost more than the calls of a fast load."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[_Watch, float] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, watch: _Watch, seconds: float) -> None:
+        with self._changed:
+            self._deadlines[watch] = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dengage-call-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+
+    def unwatch(self, watch: _Watch) -> None:
+        with self._changed:
+            self._deadlines.pop(watch, None)
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for watch, deadline in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[watch]
+                        watch.expire()
+                wake = min(self._deadlines.values(), default=None)
+                self._changed.wait(None if wake is None else wake - now)
 
 
 def _shut(sock: socket.socket) -> None:
@@ -218,6 +253,7 @@ class DengageClient:
         self.rate_limited = 0
         self.rate_limited_seconds = 0.0
         self.logins = 0
+        self._watchdog = _Watchdog()
         self._session = requests.Session()
         adapter = _WatchedAdapter()
         self._session.mount("http://", adapter)
@@ -450,9 +486,7 @@ class DengageClient:
         """One request and its whole answer, within ``request_timeout_seconds``."""
         watch = _Watch()
         reset = _CURRENT_WATCH.set(watch)
-        timer = threading.Timer(self._timeout, watch.expire)
-        timer.daemon = True
-        timer.start()
+        self._watchdog.watch(watch, self._timeout)
         try:
             response = self._session.request(
                 method,
@@ -489,7 +523,7 @@ class DengageClient:
                 f"{quote(str(exc))}); check api_url."
             ) from None
         finally:
-            timer.cancel()
+            self._watchdog.unwatch(watch)
             _CURRENT_WATCH.reset(reset)
 
     def _end_rate_limit(self, since: float | None, paced: bool) -> None:

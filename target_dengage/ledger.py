@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -173,6 +172,8 @@ class SqliteLedger(Ledger):
         super().__init__(url, account)
 
     def _open(self) -> None:
+        import sqlite3  # here: a run without change detection need not load it
+
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit: reads hold no transaction open; writes open one explicitly.
         self._db = db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
