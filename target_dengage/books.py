@@ -52,6 +52,12 @@ class RunStats:
     unaccounted: int = 0
     #: Contacts of confirmed requests that D·engage's answer did not name at all.
     unaccounted_by_api: int = 0
+    #: Source deletes: not sent (delete_behavior: ignore), or passivated (passivate).
+    deletes_ignored: int = 0
+    passivations_sent: int = 0
+    passivated: int = 0
+    #: Passivations of keys D·engage does not have (it created nothing).
+    passivations_not_found: int = 0
 
 
 class Named:
@@ -149,9 +155,13 @@ class Books:
         stats = self.stats
         sent = {t.cast("str", p.row[CONTACT_KEY]) for p in group}  # text by then
         named = Named(outcome, sent)
-        stats.inserted += len(named.inserted)
-        stats.updated += len(named.updated)
-        stats.warnings += len(named.warnings)
+        if group[0].passivation:
+            stats.passivated += len(named.inserted) + len(named.updated)
+            stats.passivations_not_found += len(named.warnings)
+        else:
+            stats.inserted += len(named.inserted)
+            stats.updated += len(named.updated)
+            stats.warnings += len(named.warnings)
         stats.confirmed += len(group) - self.reject_api(named.errors, group)
         unaccounted = len(sent - named.inserted - named.updated - named.failed)
         if unaccounted:
@@ -171,6 +181,13 @@ class Books:
             )
         if self._ledger is not None:
             self._remember(group, named)
+        if group[0].passivation:
+            if named.warnings:
+                self._logger.info(
+                    "%d passivated contact(s) were not in D·engage; nothing was created.",
+                    len(named.warnings),
+                )
+            return named
         for issue in named.warnings[:ISSUES_LOGGED_PER_REQUEST]:
             self._logger.warning(
                 "D·engage warning for contact_key '%s': %s",

@@ -86,6 +86,18 @@ class Buckets:
         if len(bucket.rows) >= self._batch_size:
             self._send(bucket)
 
+    def discard(self, key: str) -> None:
+        """Forget a waiting contact: a later event about it (a delete) supersedes it. Its
+        bucket keeps its lowest sequence number, which at worst holds a STATE until the
+        bucket is sent."""
+        columns = self.where.pop(key, None)
+        if columns is None:
+            return
+        bucket = self._buckets[columns]
+        del bucket.rows[key]
+        if not bucket.rows:
+            del self._buckets[columns]
+
     def _column_set(self, row: Mapping[str, Value]) -> tuple[str, ...]:
         """The row's columns, sorted: a bucket key that is the same whatever the order of
         the record's properties. A cache makes it one tuple and one lookup per record."""

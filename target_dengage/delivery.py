@@ -76,7 +76,8 @@ class Delivery:
         return bulk_body(
             columns,
             [p.row for p in group],
-            insert_if_not_exists=self._insert,
+            # A passivation must never create the contact it is about.
+            insert_if_not_exists=self._insert and not group[0].passivation,
             stop_on_error=self._stop_on_error,
         )
 

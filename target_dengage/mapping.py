@@ -178,6 +178,30 @@ def coerce_boolean(value: object) -> bool:
     raise InvalidValueError("must be true/false, 1/0 or yes/no")
 
 
+#: singer-sdk's metadata properties; the one that marks a source delete (tap-postgres
+#: LOG_BASED mode sends it).
+SDC_PREFIX = "_sdc_"
+DELETED_MARKER = "_sdc_deleted_at"
+
+
+def deleted_at(value: object) -> bool:
+    """Whether a record's ``_sdc_deleted_at`` says it was deleted: set, not null or blank.
+    ``InvalidValueError`` when it is set but not a date-time (a delete cannot be trusted
+    from a value that is not one)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return False
+    if isinstance(value, dt.datetime | dt.date):
+        return True
+    if isinstance(value, str):
+        try:
+            dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return True
+    raise InvalidValueError(f"is not a date-time ({_kind(value)})")
+
+
 def coerce_date(value: object) -> str:
     """Dates and date-times become ``yyyy-MM-dd`` (the date as written, no time zone shift)."""
     if type(value) is str and len(value) == 10 and _DATE_RE.fullmatch(value):
@@ -284,6 +308,9 @@ class StreamPlan:
     dropped: tuple[str, ...] = ()
     platform_dropped: tuple[str, ...] = ()
     key_inferred: bool = False
+    #: The property that marks a record as a delete in the source (``_sdc_deleted_at``, as
+    #: taps in LOG_BASED mode send it), when the stream has one.
+    deleted_source: str | None = None
     build: Callable[[Mapping[str, object]], Built] = field(init=False, repr=False, compare=False)
     #: The record as a struct of just the properties the steps read (see :func:`record_shape`).
     shape: type[msgspec.Struct] = field(init=False, repr=False, compare=False)
@@ -360,8 +387,12 @@ def plan_stream(
     by_column: dict[str, str] = {}
     dropped: list[str] = []
     platform: list[str] = []
+    deleted_source: str | None = None
     for source in properties:
         column = column_mapping.get(source, source)
+        if source == DELETED_MARKER and source not in column_mapping:
+            deleted_source = source
+            continue
         if column in PLATFORM_COLUMNS:
             platform.append(source)
             continue
@@ -370,7 +401,8 @@ def plan_stream(
         elif column in custom:
             coercer = coerce_custom
         else:
-            dropped.append(source)
+            if not source.startswith(SDC_PREFIX):  # the SDK's metadata is never data
+                dropped.append(source)
             continue
         if column in by_column:
             raise StreamConfigError(
@@ -410,6 +442,7 @@ def plan_stream(
         dropped=tuple(dropped),
         platform_dropped=tuple(platform),
         key_inferred=key_inferred,
+        deleted_source=deleted_source,
     )
 
 
@@ -513,13 +546,13 @@ def record_shape(plan: StreamPlan) -> type[msgspec.Struct]:
     msgspec decodes a record straight into it, skipping every other property without
     building a value for it: half the cost of decoding the record into a dict.
     """
-    return msgspec.defstruct(
-        f"Shape_{plan.stream.encode().hex()[:40]}",
-        [
-            (f"p{index}", Any, msgspec.field(default=None, name=source))
-            for index, source in enumerate(plan.sources)
-        ],
-    )
+    fields = [
+        (f"p{index}", Any, msgspec.field(default=None, name=source))
+        for index, source in enumerate(plan.sources)
+    ]
+    if plan.deleted_source is not None:
+        fields.append(("deleted", Any, msgspec.field(default=None, name=plan.deleted_source)))
+    return msgspec.defstruct(f"Shape_{plan.stream.encode().hex()[:40]}", fields)
 
 
 def _compile(plan: StreamPlan, *, shaped: bool) -> Callable[[Any], Built]:

@@ -48,6 +48,8 @@ class Pending(msgspec.Struct, gc=False):
     merges: int = 0  # earlier records of the same contact folded into this one
     digest: str | None = None  # the row's ledger hash, once computed
     source: str | None = None  # hash of the one record's JSON text the row is made of
+    #: A source delete, sent as ``contact_status: "P"`` and never able to create a contact.
+    passivation: bool = False
 
     def describe(self) -> str:
         key = self.row.get(CONTACT_KEY)

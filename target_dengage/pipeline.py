@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from target_dengage.books import Books, RunStats
 from target_dengage.buckets import Buckets
 from target_dengage.client import DengageClient
+from target_dengage.contract import CONTACT_KEY
 from target_dengage.delivery import AsyncDelivery, Delivery, DryRunDelivery, SyncDelivery
 from target_dengage.jobs import AsyncOptions, JobStats
 from target_dengage.ledger import Ledger
@@ -41,6 +42,7 @@ class Pipeline:
         dry_run: bool = False,
         ledger: Ledger | None = None,
         ledger_max_age_days: int | None = None,
+        passivate: bool = False,
     ) -> None:
         self.books = books = Books(rejects, ledger, logger)
         self.stats: RunStats = books.stats
@@ -60,6 +62,12 @@ class Pipeline:
         else:
             self.delivery = SyncDelivery(books, logger, client=client, **flags)
         self.buckets = buckets = Buckets(batch_size, self.delivery.send, books.stats, on_confirmed)
+        #: Source deletes to passivate (delete_behavior: passivate): requests of their own.
+        self.passivations = (
+            Buckets(batch_size, self.delivery.send, books.stats, on_confirmed)
+            if passivate
+            else None
+        )
         self.lookups: ChangeFilter | None = None
         #: Where a valid contact goes: the ledger check with change detection, else straight
         #: into its bucket (one call less per record).
@@ -74,6 +82,9 @@ class Pipeline:
                 on_its_way=self._on_its_way,
             )
             self.add = self.lookups.add
+        if self.passivations is not None:
+            self._upsert = self.add
+            self.add = self._add_after_deletes
         self.reject_line = books.reject_line
 
     @property
@@ -86,7 +97,30 @@ class Pipeline:
         lowest = min(self.books.blocked_seq, self.delivery.min_seq, self.buckets.min_seq)
         if self.lookups is not None:
             lowest = min(lowest, self.lookups.min_seq)
+        if self.passivations is not None:
+            lowest = min(lowest, self.passivations.min_seq)
         return lowest
+
+    def delete(self, pending: Pending) -> None:
+        """A contact deleted in the source: passivated (``pending`` is its passivation) or,
+        with ``delete_behavior: ignore`` (no passivations), not sent. Either way a change to
+        it still waiting to be sent is dropped: the later event wins, as in the source."""
+        if self.lookups is not None:
+            self.lookups.resolve_all()  # what waits for the ledger is in a bucket after this
+        key = str(pending.row[CONTACT_KEY])
+        self.buckets.discard(key)
+        if self.passivations is None:
+            self.stats.deletes_ignored += 1
+            return
+        self.stats.passivations_sent += 1
+        self.passivations.add(pending)
+
+    def _add_after_deletes(self, pending: Pending) -> None:
+        """An upsert after a delete of the same contact in this run wins over it."""
+        assert self.passivations is not None
+        if self.passivations.where:
+            self.passivations.discard(str(pending.row[CONTACT_KEY]))
+        self._upsert(pending)
 
     def add_unread(self, unread: Unread) -> None:
         """Take a record still in its JSON text (change detection only)."""
@@ -108,6 +142,8 @@ class Pipeline:
         if self.lookups is not None:
             self.lookups.resolve_all()
         self.buckets.send_through(seq)
+        if self.passivations is not None:
+            self.passivations.send_through(seq)
 
     def poll(self) -> None:
         self.delivery.poll()
@@ -117,4 +153,8 @@ class Pipeline:
             self.delivery.close()
 
     def _on_its_way(self, key: str) -> bool:
-        return key in self.buckets.where or self.delivery.carries(key)
+        return (
+            key in self.buckets.where
+            or (self.passivations is not None and key in self.passivations.where)
+            or self.delivery.carries(key)
+        )

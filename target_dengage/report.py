@@ -49,7 +49,7 @@ class RunView:
     def buffered(self) -> int:
         """Read and valid, not yet confirmed (waiting in a batch, a request or a job)."""
         s = self.stats
-        done = s.duplicates_merged + self.rejected + s.confirmed + s.unchanged
+        done = s.duplicates_merged + self.rejected + s.confirmed + s.unchanged + s.deletes_ignored
         return max(0, s.records_read - done)
 
 
@@ -132,6 +132,8 @@ def plan_text(view: RunView, pace: Pace, output_path: str | None) -> str:
         f"  invalid .............. {s.rejected_locally}",
         f"  duplicates merged .... {s.duplicates_merged}",
         f"  unchanged (ledger) ... {s.unchanged}",
+        f"  deletes ignored ...... {s.deletes_ignored}",
+        f"  to passivate ......... {s.passivations_sent}",
         f"  to send .............. {s.contacts_sent}",
         f"  requests needed ...... {s.requests}"
         + (" jobs" if pace.mode == "async" else " sync BulkUpsert calls"),
@@ -163,6 +165,11 @@ def summary_text(view: RunView, rejected_path: str | None) -> str:
         ("unchanged (ledger)", f"{s.unchanged}"),
         ("warnings", f"{s.warnings}"),
         ("not in API answer", f"{s.unaccounted_by_api}"),
+        (
+            "source deletes",
+            f"{s.deletes_ignored} ignored, {s.passivations_sent} to passivate "
+            f"({s.passivated} passivated, {s.passivations_not_found} not in D·engage)",
+        ),
         ("retries", f"{view.retries}"),
         ("rate-limited (429)", f"{view.rate_limited} times, {view.rate_limited_seconds:.0f} s"),
         ("pacing waits", f"{view.pacing_seconds:.0f} s"),
@@ -217,6 +224,12 @@ def summary_json(
             "unchanged": s.unchanged,
             "unconfirmed": view.buffered,
             "unaccounted_by_api": s.unaccounted_by_api,
+        },
+        "deletes": {
+            "ignored": s.deletes_ignored,
+            "to_passivate": s.passivations_sent,
+            "passivated": s.passivated,
+            "not_found": s.passivations_not_found,
         },
         "warnings": s.warnings,
         "requests": s.requests,

@@ -19,6 +19,8 @@ from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.sinks import BatchSink, Sink
 from singer_sdk.target_base import Target
 
+from target_dengage.mapping import DELETED_MARKER
+
 if t.TYPE_CHECKING:
     from types import FrameType
 
@@ -155,6 +157,14 @@ class SdkSink(BatchSink):
     def schema_check(self) -> BaseJSONSchemaValidator | None:
         """The validator the SDK ran on the record just processed, if any."""
         return self._validator
+
+    def _remove_sdc_metadata_from_record(self, record: dict[str, t.Any]) -> None:
+        """The SDK takes its ``_sdc`` properties out of a record; ``_sdc_deleted_at`` says
+        the record is a source delete, which the sink must see."""
+        deleted = record.get(DELETED_MARKER)
+        super()._remove_sdc_metadata_from_record(record)
+        if deleted is not None:
+            record[DELETED_MARKER] = deleted
 
     def _singer_validate_message(self, record: dict[str, t.Any]) -> None:
         """Leave key checks to the row builder, which names the stream, record and field."""

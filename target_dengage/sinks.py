@@ -13,9 +13,12 @@ from target_dengage.contract import CONTACT_KEY
 from target_dengage.errors import InvalidInputError, MissingContactKeyError
 from target_dengage.intake import PERIODIC_EVERY, RecordHost
 from target_dengage.mapping import (
+    DELETED_MARKER,
     Built,
     FieldProblem,
+    InvalidValueError,
     StreamConfigError,
+    deleted_at,
     plan_stream,
     raw_identity,
 )
@@ -80,7 +83,8 @@ class DengageSink(SdkSink):
         try:
             self._plan = plan_stream(
                 stream_name,
-                schema.get("properties", {}),
+                # as the tap sent it: the SDK has taken its _sdc metadata out of ``schema``
+                self.original_schema.get("properties", {}),
                 list(key_properties or ()),
                 target.config.get("column_mapping") or {},
                 target.config.get("custom_columns") or (),
@@ -89,6 +93,10 @@ class DengageSink(SdkSink):
         except StreamConfigError as exc:
             raise InvalidInputError(str(exc)) from None
         plan = self._plan
+        #: Whether records may be source deletes (the schema has ``_sdc_deleted_at``).
+        self._deletes = plan.deleted_source is not None
+        #: Source deletes seen (passivated or ignored, as delete_behavior says).
+        self.deletes = 0
         #: Which column each property feeds, to name a schema violation's column.
         self._columns = {source: column for source, column, _ in plan.steps}
         self._build = plan.build
@@ -151,6 +159,12 @@ class DengageSink(SdkSink):
             ", ".join(f"{s}→{c}" if s != c else c for s, c, _ in plan.steps),
         )
 
+    @property
+    def may_delete(self) -> bool:
+        """Whether the stream's records may be source deletes (``_sdc_deleted_at``): those
+        must be read whole, never recognised by their text alone as unchanged."""
+        return self._deletes
+
     def get_validator(self) -> SchemaCheck | None:
         """Validation that sets an invalid record aside instead of crashing (see
         :class:`SchemaCheck`)."""
@@ -183,6 +197,8 @@ class DengageSink(SdkSink):
         validation were applied first."""
         seq, number = self._arrive(tallied=True)
         built = self._build(record)
+        if self._deletes and self._deleted(record.get(DELETED_MARKER), built, record, number, seq):
+            return
         check = self.schema_check
         if isinstance(check, SchemaCheck) and check.violation is not None:
             source, message = check.violation
@@ -198,7 +214,10 @@ class DengageSink(SdkSink):
         """The record path for a stream whose records need none of the SDK's generic steps
         (see ``TargetDengage._direct_sink``)."""
         seq, number = self._arrive()
-        pending = self._admit(self._build(record), record, number, seq)
+        built = self._build(record)
+        if self._deletes and self._deleted(record.get(DELETED_MARKER), built, record, number, seq):
+            return
+        pending = self._admit(built, record, number, seq)
         if pending is not None:
             self._pipeline.add(pending)
 
@@ -207,6 +226,8 @@ class DengageSink(SdkSink):
         shape: the hot path of every load. The line is kept for explaining a rejection."""
         seq, number = self._arrive()
         row, problems = self._build_shape(record)
+        if self._deletes and self._deleted(record.deleted, (row, problems), line, number, seq):  # type: ignore[attr-defined]
+            return
         if problems is None:
             self._pipeline.add(Pending(row, self.stream_name, number, line, seq))
         else:
@@ -236,6 +257,31 @@ class DengageSink(SdkSink):
     def _materialize(self, raw: msgspec.Raw, number: int, seq: int) -> Pending | None:
         """Decode and map a record that :meth:`take_raw` took, once it has to be sent."""
         return self._admit(self._build_shape(self._decode_shape(raw)), raw, number, seq)
+
+    def _deleted(
+        self, marker: object, built: Built, record: RecordSource, number: int, seq: int
+    ) -> bool:
+        """Whether the record is a source delete, handled here: never sent as data, but
+        passivated or ignored as ``delete_behavior`` says. Only its contact key matters; a
+        delete whose key or ``_sdc_deleted_at`` is invalid is an invalid record."""
+        row, problems = built
+        try:
+            if not deleted_at(marker):
+                return False
+        except InvalidValueError as exc:
+            problem = FieldProblem(DELETED_MARKER, DELETED_MARKER, str(exc))
+            self._admit((row, [problem, *(problems or ())]), record, number, seq)
+            return True
+        wrong_key = [p for p in problems or () if p.column == CONTACT_KEY]
+        if wrong_key:
+            self._admit((row, wrong_key), record, number, seq)
+            return True
+        self.deletes += 1
+        passive = {CONTACT_KEY: row[CONTACT_KEY], "contact_status": "P"}
+        self._pipeline.delete(
+            Pending(passive, self.stream_name, number, record, seq, passivation=True)
+        )
+        return True
 
     def _admit(self, built: Built, record: RecordSource, number: int, seq: int) -> Pending | None:
         """The contact to send, or None when the record is invalid and set aside (with

@@ -312,6 +312,19 @@ class TargetDengage(SdkTarget):
             ),
         ),
         th.Property(
+            "delete_behavior",
+            th.StringType(nullable=False),
+            default="ignore",
+            allowed_values=["ignore", "passivate"],
+            description=(
+                "What a record deleted in the source (``_sdc_deleted_at`` set, as taps in "
+                "LOG_BASED mode send it) does. Either way it is never sent as data, so a "
+                "deleted contact is never re-created or re-filled. `ignore`: counted and "
+                'reported only. `passivate`: the contact is sent as contact_status "P" '
+                "(it receives nothing), in requests that can never create a contact."
+            ),
+        ),
+        th.Property(
             "validate_records",
             th.BooleanType(nullable=False),
             default=False,
@@ -395,6 +408,7 @@ class TargetDengage(SdkTarget):
             dry_run_path=config.get("dry_run_output_path"),
             ledger=self._ledger,
             ledger_max_age_days=config.get("ledger_max_age_days"),
+            passivate=config["delete_behavior"] == "passivate",
         )
         self._progress = ProgressReporter(
             config["progress_interval_seconds"], self._view, self._pace, self.logger
@@ -518,7 +532,7 @@ class TargetDengage(SdkTarget):
         reader.raw_records.pop(stream, None)
         if isinstance(sink, DengageSink):
             reader.records[stream] = sink
-            if self._ledger is not None:
+            if self._ledger is not None and not sink.may_delete:
                 reader.raw_records[stream] = sink.take_raw
 
     def check_record_message(self, message: dict[str, t.Any]) -> None:
@@ -625,6 +639,7 @@ class TargetDengage(SdkTarget):
             self.client.close()  # no more calls after the end of input
             if self._ledger is not None:
                 self._ledger.close()
+        self._report_deletes()
         stats = self.pipeline.stats
         if stats.unaccounted:
             raise DengageError(
@@ -642,6 +657,27 @@ class TargetDengage(SdkTarget):
                 "rejected records are in the rejected-records file; the run is marked failed "
                 "so that someone looks at them."
             )
+
+    def _report_deletes(self) -> None:
+        """One line per stream that sent deletes, saying what became of them."""
+        ignored = self.config["delete_behavior"] == "ignore"
+        for sink in self.all_sinks():
+            if isinstance(sink, DengageSink) and sink.deletes:
+                if ignored:
+                    self.logger.info(
+                        "Stream '%s': %d deleted record(s) were not sent "
+                        "(delete_behavior: ignore); delete_behavior: passivate would "
+                        'passivate those contacts in D·engage (contact_status "P").',
+                        sink.stream_name,
+                        sink.deletes,
+                    )
+                else:
+                    self.logger.info(
+                        "Stream '%s': %d deleted record(s) sent as passivations "
+                        '(contact_status "P"; never creating a contact).',
+                        sink.stream_name,
+                        sink.deletes,
+                    )
 
     def _view(self) -> RunView:
         client = self.client

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "target_dengage"
 PRIVATE_SDK = re.compile(
     r"\._(process_\w+_message|write_state_message|handle_max_record_age|handle_termination"
     r"|latest_state|sinks_active|sinks_to_clear|validator|singer_validate_message"
-    r"|parse_timestamps_in_record)\b|_ConfigInput|SameRecordTransform|super\(Target\b"
+    r"|parse_timestamps_in_record|remove_sdc_metadata_from_record)\b|_ConfigInput|SameRecordTransform|super\(Target\b"
     r"|singer_sdk\.\w+(\.\w+)*\._"
 )
 

@@ -34,6 +34,7 @@ METHODS = [
     (Target, "_handle_max_record_age", ["self"]),
     (Target, "_handle_termination", ["self", "signum", "frame"]),
     (Sink, "_singer_validate_message", ["self", "record"]),
+    (Sink, "_remove_sdc_metadata_from_record", ["self", "record"]),
     (Sink, "_parse_timestamps_in_record", ["self", "record", "schema", "treatment"]),
 ]
 
