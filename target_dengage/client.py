@@ -29,6 +29,13 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from target_dengage import __version__
+from target_dengage.contract import (
+    ASYNC_PATH,
+    BULK_PATH,
+    LOGIN_PATH,
+    TOKEN_MARGIN_SECONDS,
+    Endpoint,
+)
 from target_dengage.errors import (
     DengageAuthError,
     DengageError,
@@ -39,11 +46,7 @@ from target_dengage.errors import (
 from target_dengage.masking import hide, quote
 from target_dengage.pacing import Pacer
 from target_dengage.protocol import (
-    ASYNC_PATH,
-    BULK_PATH,
-    LOGIN_PATH,
     BulkOutcome,
-    Endpoint,
     JobStatus,
     Meaning,
     Verdict,
@@ -57,8 +60,6 @@ from target_dengage.protocol import (
 )
 from target_dengage.retry import Attempt, RetryPolicy
 
-#: Refresh the cached token this long before D·engage says it expires.
-TOKEN_MARGIN_SECONDS = 60.0
 #: Largest answer read: a BulkUpsert answer for 1000 contacts, each named with a long
 #: message, is well under 1 MB; anything this large is not D·engage's answer.
 MAX_ANSWER_BYTES = 20 * 1024 * 1024

@@ -22,7 +22,6 @@ import msgspec
 
 from target_dengage.contract import (
     ASYNC_PATH,
-    BULK_PATH,
     DATA_REFUSAL_CODES,
     DEFAULT_TOKEN_SECONDS,
     HAS_ERROR_FIELDS,
@@ -33,15 +32,11 @@ from target_dengage.contract import (
     JOB_FAILED,
     JOB_ID_FIELDS,
     JOB_STATUS_FIELDS,
-    LOGIN_PATH,
     MAX_JOB_ID_LENGTH,
     RETRY_STATUSES,
     SUCCESS_STATUS,
     Endpoint,
 )
-
-__all__ = ["ASYNC_PATH", "BULK_PATH", "LOGIN_PATH", "Endpoint"]
-
 
 #: msgspec writes the same compact JSON as json.dumps, about ten times faster.
 _ENCODER = msgspec.json.Encoder()
