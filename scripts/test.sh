@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: installs everything, then lint, format check, types, tests.
-# The tests include end-to-end runs with real Meltano and a PostgreSQL server. Run with no
+# "Everything" is .venv (the target and its dev tools), .venv-meltano (Meltano), and the
+# system packages the tests need: a PostgreSQL server and its wal2json plugin
+# (scripts/system_packages.sh: apt-get as root or with sudo, otherwise a message naming the
+# packages). The tests include end-to-end runs with real Meltano and that server. Run with no
 # arguments (as CI does), the suite then runs a second time against the newest singer-sdk
 # pre-release, in a venv of its own (.venv-sdk-pre), without the Meltano tests (Meltano
 # installs the target with the SDK pinned in pyproject.toml). Any argument goes to pytest and
@@ -8,6 +11,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh" --with-meltano
+bash "$root/scripts/system_packages.sh"
 cd "$root"
 bin="$root/.venv/bin"
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
