@@ -22,6 +22,10 @@ time, and reported in a column of its own.
 
 It then checks the sync endpoint's API efficiency: one column set, a short pacing interval:
 the load must make ceil(N / 1000) calls and take within 5 % of (calls - 1) x interval.
+
+Last, the cost of ``state_url`` per sync call: taking the account's lock and reading and
+recording the clock in a PostgreSQL database on loopback (a throwaway server, as the tests
+start one), which must stay within 20 ms a call. Skipped without PostgreSQL's binaries.
 """
 
 from __future__ import annotations
@@ -400,6 +404,40 @@ def sync_efficiency(scratch: Path, n: int = 5000, interval: int = 5) -> bool:
     return ok_calls and ok_time
 
 
+def shared_clock_cost(turns: int = 200, limit_ms: float = 20.0) -> bool:
+    """Milliseconds a sync call spends on the shared clock (lock, read, record, unlock)."""
+    import logging
+    import statistics
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from pgserver import find_bin, postgres_server
+
+    from target_dengage.sharedstate import SharedState
+
+    if find_bin("initdb") is None:
+        print("\nShared state (state_url) cost per call: skipped (no PostgreSQL binaries)")
+        return True
+    with postgres_server() as server:
+        url = f"postgresql+psycopg2://{server.user}@{server.host}:{server.port}/{server.database}"
+        store = SharedState(url, "bench|user:bench", logging.getLogger("bench"), 3)
+        clock = store.clock(interval=60, call_timeout=300)
+        costs = []
+        for i in range(turns + 10):
+            started = time.perf_counter()
+            with clock.turn():
+                clock.started()
+            if i >= 10:  # the first turns open the connection
+                costs.append((time.perf_counter() - started) * 1000)
+    mean, p99 = statistics.fmean(costs), statistics.quantiles(costs, n=100)[98]
+    ok = p99 <= limit_ms
+    print(
+        f"\nShared state (state_url) cost per call: lock + clock on loopback PostgreSQL, "
+        f"{turns} turns: {mean:.2f} ms mean, {p99:.2f} ms p99 (limit {limit_ms:g} ms). "
+        f"{'PASS' if ok else 'FAIL'}"
+    )
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--million", action="store_true", help="also run N = 1,000,000")
@@ -431,6 +469,7 @@ def main() -> int:
                 f"{peaks[1_000_000]:.0f} MB at N=1,000,000 ({ratio:.2f}x; target <= 1.2x)"
             )
         ok = sync_efficiency(scratch)
+    ok = shared_clock_cost() and ok
     return 0 if ok else 1
 
 

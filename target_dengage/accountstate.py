@@ -17,8 +17,8 @@ data file itself would guard a file that is no longer there. Locks are released 
 kernel when their holder dies, even by SIGKILL; lock files are never deleted (deleting one
 while another process waits on it would let a third lock a new file beside them).
 
-Runs on several machines need a shared store instead (a database: PostgreSQL advisory locks
-for the turn, a table for the log); it only has to implement these two interfaces.
+Runs on several machines share a database instead (``state_url``:
+:mod:`target_dengage.sharedstate`), which implements the same two interfaces.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from target_dengage.statefiles import read_json_object, write_json_atomic
 
@@ -44,19 +44,30 @@ except ImportError:  # pragma: no cover - not POSIX: no flock, runs go unlocked 
 DEFAULT_LOGGER = "target-dengage"
 
 
+class LastCall(NamedTuple):
+    """The account's last recorded call start, as a turn finds it."""
+
+    #: When it started, on the store's clock (epoch seconds): tells one start from another.
+    at: float
+    #: Seconds since then, measured by that same clock, so that runs on machines whose
+    #: clocks disagree still space their calls by the store's one clock.
+    age: float
+
+
 class CallClock(Protocol):
     """When the account's last call started, and whose turn it is to call."""
 
-    def turn(self) -> AbstractContextManager[float | None]:
+    def turn(self) -> AbstractContextManager[LastCall | None]:
         """Hold the account's call lock exclusively, across threads and processes, until the
-        block ends; the block gets the wall-clock (``time.time()``) start of the account's
-        last recorded call, or None. Not reentrant: a holder that asks again waits forever."""
+        block ends; the block gets the account's last recorded call start, or None. Not
+        reentrant: a holder that asks again waits (for ever, or until the store's bound)."""
         ...
 
-    def started(self, at: float) -> None:
-        """Record ``at`` (wall clock) as the start of the account's current call; only called
-        while holding the turn. Advisory: a failure costs a 429 at worst, so it is warned
-        about, not raised."""
+    def started(self) -> float | None:
+        """Record now, on the store's clock, as the start of the account's current call; only
+        called while holding the turn. Returns the start recorded (the ``at`` a later turn
+        reads), or None when it could not be. Advisory: a failure costs a 429 at worst, so
+        it is warned about, not raised."""
         ...
 
 
@@ -104,6 +115,24 @@ class _WarnOnce:
         if not self._done:
             self._done = True
             self._logger.warning(message, *args)
+
+
+class BusyNotice:
+    """Tells the user a call waits for another run's: at INFO the first time, then at DEBUG
+    (a run beside another would otherwise log it before every call)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._told = False
+
+    def __call__(self) -> None:
+        level = logging.DEBUG if self._told else logging.INFO
+        self._told = True
+        self._logger.log(
+            level,
+            "Another run of this account is calling BulkUpsert; waiting for its call to end "
+            "(runs of one account take turns, one call at a time).",
+        )
 
 
 @contextlib.contextmanager
@@ -166,22 +195,23 @@ class FileCallClock:
         self._turn_lock = path.with_name(f"{path.name}.turn-{account_digest(account)}.lock")
         self._warn_write = _WarnOnce(logger)
         self._warn_lock = _WarnOnce(logger)
-        self._told_busy = False
+        self._busy = BusyNotice(logger)
 
-    def last_start(self) -> float | None:
-        """The account's last recorded call start (wall clock), if any. Needs no lock: the
-        file is only ever replaced whole."""
+    def last_start(self) -> LastCall | None:
+        """The account's last recorded call start (this machine's wall clock), if any. Needs
+        no lock: the file is only ever replaced whole."""
         value = read_json_object(self.path).get(self._account)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return LastCall(float(value), time.time() - value)
         return None
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[float | None]:
+    def turn(self) -> Iterator[LastCall | None]:
         with exclusive(self._turn_lock, self._lock_failed, self._busy):
             yield self.last_start()
 
-    def started(self, at: float) -> None:
+    def started(self) -> float:
+        at = time.time()
         try:
             with exclusive(lock_path(self.path), self._lock_failed):
                 data = read_json_object(self.path)
@@ -194,15 +224,7 @@ class FileCallClock:
                 self.path,
                 _why(exc),
             )
-
-    def _busy(self) -> None:
-        level = logging.DEBUG if self._told_busy else logging.INFO
-        self._told_busy = True
-        self._logger.log(
-            level,
-            "Another run of this account is calling BulkUpsert; waiting for its call to end "
-            "(runs of one account take turns, one call at a time).",
-        )
+        return at
 
     def _lock_failed(self, exc: OSError) -> None:
         self._warn_lock(

@@ -12,7 +12,7 @@ import logging
 import math
 import typing as t
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from target_dengage.contract import CONTACT_KEY, NEW_CONTACT_KEY
@@ -24,7 +24,7 @@ from target_dengage.protocol import BulkOutcome, ItemIssue
 from target_dengage.rejects import RejectedRecords
 
 if TYPE_CHECKING:
-    from target_dengage.ledger import Ledger
+    from target_dengage.ledger import Ledger, Recorded
 
 #: How many individual API errors or warnings are spelled out in the log per request.
 ISSUES_LOGGED_PER_REQUEST = 5
@@ -58,6 +58,14 @@ class RunStats:
     passivated: int = 0
     #: Passivations of keys D·engage does not have (it created nothing).
     passivations_not_found: int = 0
+    #: Full-table mirrors: contacts a complete version no longer had, of them those sent to
+    #: be passivated (delete_behavior: passivate, within max_passivate_percent), and
+    #: contacts passivated earlier that came back (sent as contact_status "A").
+    absent: int = 0
+    absent_to_passivate: int = 0
+    reactivated: int = 0
+    #: Streams whose complete version was over max_passivate_percent: nothing passivated.
+    over_limit: list[str] = field(default_factory=list)
 
 
 class Named:
@@ -103,6 +111,16 @@ class Books:
         #: Told the keys written to the ledger (change detection's lookups in flight must
         #: not trust an answer about them that was read before).
         self.on_ledger_write: list[Callable[[Iterable[str]], None]] = []
+        #: Each stream's current ACTIVATE_VERSION, recorded with the contacts it confirms.
+        self.versions: dict[str, int] = {}
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self._ledger
+
+    def use_ledger(self, ledger: Ledger) -> None:
+        """Record confirmations from now on (a mirror opened the ledger mid-run)."""
+        self._ledger = ledger
 
     def block(self, seq: float) -> None:
         self.blocked_seq = min(self.blocked_seq, seq)
@@ -155,14 +173,21 @@ class Books:
         stats = self.stats
         sent = {t.cast("str", p.row[CONTACT_KEY]) for p in group}  # text by then
         named = Named(outcome, sent)
+        confirmed = len(group) - self.reject_api(named.errors, group)
         if group[0].passivation:
             stats.passivated += len(named.inserted) + len(named.updated)
             stats.passivations_not_found += len(named.warnings)
+            # A mirror's passivation (record number 0) is no record read: "confirmed"
+            # counts records.
+            refused = {issue.contact_key for issue in named.errors}
+            confirmed -= sum(
+                p.record_number == 0 and p.row[CONTACT_KEY] not in refused for p in group
+            )
         else:
             stats.inserted += len(named.inserted)
             stats.updated += len(named.updated)
             stats.warnings += len(named.warnings)
-        stats.confirmed += len(group) - self.reject_api(named.errors, group)
+        stats.confirmed += confirmed
         unaccounted = len(sent - named.inserted - named.updated - named.failed)
         if unaccounted:
             stats.unaccounted_by_api += unaccounted
@@ -201,21 +226,27 @@ class Books:
         Only contacts the answer names as inserted or updated, and neither rejected nor
         warned about: the others go again next run."""
         assert self._ledger is not None
+        from target_dengage.ledger import Recorded  # only runs with a ledger load it
+
         done = (named.inserted | named.updated) - named.failed
-        entries: dict[str, tuple[str, str | None]] = {}
+        entries: dict[str, Recorded] = {}
         renamed: list[str] = []
+        versions = self.versions
         for pending in group:
             key = str(pending.row[CONTACT_KEY])
             if key not in done:
                 continue
             digest = pending.digest or payload_hash(pending.row)
+            stream = pending.stream
+            version = versions.get(stream)
+            passive = pending.passivation
             new_key = pending.row.get(NEW_CONTACT_KEY)
             if new_key is None:
-                entries[key] = (digest, pending.source)
+                entries[key] = Recorded(digest, pending.source, stream, version, passive)
             else:
                 # The text names the old key: under the new one it would not match again.
                 renamed.append(key)
-                entries[str(new_key)] = (digest, None)
+                entries[str(new_key)] = Recorded(digest, None, stream, version, passive)
         self._ledger.record(entries, renamed)
         for listener in self.on_ledger_write:
             listener([*entries, *renamed])

@@ -771,11 +771,13 @@ class DengageEmulator:
             "columns": None,
             "count": None,
             "contact_keys": None,
+            "insert_if_not_exists": None,
             "authorization": authorization is not None,
         }
         if isinstance(body, dict):
             if isinstance(body.get("columns"), list):
                 entry["columns"] = body["columns"]
+            entry["insert_if_not_exists"] = body.get("insertIfNotExists")
             if isinstance(rows := body.get("contactDatas"), list):
                 entry["count"] = len(rows)
                 entry["contact_keys"] = [

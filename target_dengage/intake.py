@@ -28,6 +28,10 @@ class Intake:
         #: Polls async jobs and sends what holds back an old STATE (set by the target).
         self.periodic: Callable[[], None] = _nothing
 
+    def current(self) -> int:
+        """The sequence number of the newest record."""
+        return self.seq
+
     def set_aside(self) -> int:
         """A sequence number for an input line set aside before it became a record."""
         self.seq += 1
@@ -39,6 +43,8 @@ class RecordHost(Protocol):
 
     intake: Intake
     pipeline: Pipeline
+    #: The ``version`` of the RECORD message the SDK's record path is processing.
+    record_version: int | None
 
     @property
     def config(self) -> Any: ...

@@ -4,8 +4,9 @@ A job accepted is not a job done: its records stay unconfirmed (and hold back ST
 poll says it finished. Jobs may finish in any order, so a contact is never sent in a new job
 while an older job that carries it is still running: the older data could land last.
 
-The ids of unconfirmed jobs, with the contact keys they carry, are kept in a journal file.
-After a crash, the next run polls those jobs before it submits anything, for the same reason.
+The ids of unconfirmed jobs, with the contact keys they carry, are kept in a journal (a file,
+or the shared database of ``state_url``). After a crash, the next run (on any machine that
+shares the journal) polls those jobs before it submits anything, for the same reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from target_dengage.accountstate import FileJobLog, account_file
+from target_dengage.accountstate import FileJobLog, JobLog, account_file
 from target_dengage.errors import DengageError, DengageRequestError
 from target_dengage.masking import quote
 from target_dengage.protocol import BulkOutcome, JobStatus
@@ -59,7 +60,7 @@ class JobJournal(FileJobLog):
 class AsyncOptions:
     """The async mode's settings."""
 
-    journal: JobJournal
+    journal: JobLog
     max_in_flight: int
     poll_interval: float
     timeout: float

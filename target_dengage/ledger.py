@@ -8,6 +8,11 @@ contact came from one record read straight from the input, a hash of that record
 only for confirmed contacts, one transaction per confirmed request, so a crash never marks an
 unconfirmed contact as sent.
 
+The same rows serve full-table mirrors and deletes: each remembers the stream (and the stream's
+ACTIVATE_VERSION, when it had one) its contact was last confirmed from, and whether the target
+passivated it. A stream's complete version tells which of its contacts the source no longer
+has; a passivated contact that comes back is made active again.
+
 The default ledger is a SQLite file, spoken to with the standard library's ``sqlite3``: a
 nightly run that finds nothing changed should not spend a third of a second importing
 SQLAlchemy. Any other database a team shares between machines (``ledger_url``, e.g.
@@ -47,8 +52,18 @@ class LedgerEntry(NamedTuple):
     confirmed_at: float  # epoch seconds
 
 
-#: What a confirmed request records per contact key: payload_hash, source_hash.
-Confirmed = Mapping[str, tuple[str, "str | None"]]
+class Recorded(NamedTuple):
+    """What a confirmed request records about one contact."""
+
+    payload_hash: str
+    source_hash: str | None
+    stream: str | None  # the stream the contact was last confirmed from
+    version: int | None  # that stream's ACTIVATE_VERSION then, if it had one
+    passivated: bool  # the target passivated it (contact_status "P")
+
+
+#: What a confirmed request records, by contact key.
+Confirmed = Mapping[str, Recorded]
 
 #: A lookup's answer as SQLite gives it in JSON.
 _ENTRIES = msgspec.json.Decoder(list[LedgerEntry])
@@ -58,20 +73,47 @@ _SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS dengage_contact_ledger (
     payload_hash VARCHAR(32) NOT NULL,
     confirmed_at FLOAT NOT NULL,
     source_hash VARCHAR(32),
+    stream VARCHAR(255),
+    version BIGINT,
+    passivated BOOLEAN NOT NULL DEFAULT 0,
     PRIMARY KEY (account, contact_key)
 )"""
 _SQLITE_PUT = (
-    "INSERT OR REPLACE INTO dengage_contact_ledger "
-    "(account, contact_key, payload_hash, source_hash, confirmed_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO dengage_contact_ledger (account, contact_key, payload_hash, "
+    "source_hash, stream, version, passivated, confirmed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SQLITE_STREAM = (
+    "SELECT contact_key FROM dengage_contact_ledger WHERE account = ? AND stream = ? "
+    "AND NOT passivated"
+)
+_SQLITE_PASSIVE = "SELECT contact_key FROM dengage_contact_ledger WHERE account = ? AND passivated"
 _SQLITE_ADOPT = (
     "UPDATE dengage_contact_ledger SET source_hash = ? WHERE account = ? AND contact_key = ? "
     "AND payload_hash = ?"
 )
 _SQLITE_FORGET = "DELETE FROM dengage_contact_ledger WHERE account = ? AND contact_key = ?"
-#: Added to ledgers created before source hashes existed; their rows keep NULL there and
-#: are compared by payload hash until they are next confirmed.
-_ADD_SOURCE_HASH = "ALTER TABLE dengage_contact_ledger ADD COLUMN source_hash VARCHAR(32)"
+#: Columns added to ledgers made by earlier versions, in the order they came: source hashes
+#: (old rows keep NULL and are compared by payload hash until next confirmed), then the
+#: stream, version and passivation of mirrors (old rows belong to no stream until next
+#: confirmed, so no mirror passivates them before that).
+_ADDED_COLUMNS = {
+    "source_hash": "VARCHAR(32)",
+    "stream": "VARCHAR(255)",
+    "version": "BIGINT",
+    "passivated": "BOOLEAN NOT NULL DEFAULT {false}",
+}
+#: A mirror reads a stream's contacts, and every run with a ledger the passivated ones (few,
+#: so a partial index: a run that finds none reads nothing).
+_INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (account, stream)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_passive ON {TABLE} (account) WHERE passivated",
+)
+
+
+def _add_column(name: str, *, if_not_exists: bool, false: str) -> str:
+    clause = " IF NOT EXISTS" if if_not_exists else ""
+    kind = _ADDED_COLUMNS[name].format(false=false)
+    return f"ALTER TABLE {TABLE} ADD COLUMN{clause} {name} {kind}"
 
 
 def default_ledger_url(account: str) -> str:
@@ -127,8 +169,17 @@ class Ledger:
         return self.lookup_later(keys).result()
 
     def record(self, confirmed: Confirmed, renamed: Iterable[str] = ()) -> None:
-        """Write confirmed hashes (and drop renamed-away keys) in one transaction."""
+        """Write confirmed contacts (and drop renamed-away keys) in one transaction."""
         self._worker.submit(self._record, confirmed, list(renamed)).result()
+
+    def stream_contacts(self, stream: str) -> list[str]:
+        """The keys last confirmed from ``stream`` and not passivated: what a complete
+        version of the stream is compared with."""
+        return self._worker.submit(self._stream_contacts, stream).result()
+
+    def passive_keys(self) -> set[str]:
+        """The keys of the account the target passivated (to reactivate if they return)."""
+        return self._worker.submit(self._passive_keys).result()
 
     def adopt_sources(self, sources: Mapping[str, tuple[str, str]]) -> None:
         """Set the source hash of entries whose payload hash is still the one given: that
@@ -157,6 +208,12 @@ class Ledger:
     def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
         raise NotImplementedError
 
+    def _stream_contacts(self, stream: str) -> list[str]:
+        raise NotImplementedError
+
+    def _passive_keys(self) -> set[str]:
+        raise NotImplementedError
+
     def _close(self) -> None:
         raise NotImplementedError
 
@@ -181,12 +238,14 @@ class SqliteLedger(Ledger):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_SQLITE_TABLE)
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
-        if "source_hash" not in columns:
+        for name in _ADDED_COLUMNS.keys() - columns:
             try:
-                db.execute(_ADD_SOURCE_HASH)
+                db.execute(_add_column(name, if_not_exists=False, false="0"))
             except sqlite3.OperationalError as exc:  # another run added it first
                 if "duplicate column" not in str(exc):
                     raise
+        for index in _INDEXES:
+            db.execute(index)
         try:
             db.execute("SELECT json_group_array(json_array(1, 'a', NULL, 1.5))")
             self._as_json = True
@@ -230,9 +289,15 @@ class SqliteLedger(Ledger):
             (_SQLITE_FORGET, [(account, key) for key in renamed]),
             (
                 _SQLITE_PUT,
-                [(account, k, digest, source, now) for k, (digest, source) in confirmed.items()],
+                [(account, k, *entry, now) for k, entry in confirmed.items()],
             ),
         )
+
+    def _stream_contacts(self, stream: str) -> list[str]:
+        return [row[0] for row in self._db.execute(_SQLITE_STREAM, (self.account, stream))]
+
+    def _passive_keys(self) -> set[str]:
+        return {row[0] for row in self._db.execute(_SQLITE_PASSIVE, (self.account,))}
 
     def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
         account = self.account
@@ -271,6 +336,9 @@ def _schema() -> tuple[sa.MetaData, sa.Table]:
         sa.Column("payload_hash", sa.String(32), nullable=False),
         sa.Column("confirmed_at", sa.Float, nullable=False),
         sa.Column("source_hash", sa.String(32), nullable=True),
+        sa.Column("stream", sa.String(255), nullable=True),
+        sa.Column("version", sa.BigInteger, nullable=True),
+        sa.Column("passivated", sa.Boolean, nullable=False, server_default=sa.false()),
     )
     return metadata, table
 
@@ -289,13 +357,18 @@ class SqlAlchemyLedger(Ledger):
         self._table = table
         self._engine = sa.create_engine(self.url)
         metadata.create_all(self._engine, checkfirst=True)
-        columns = sa.inspect(self._engine).get_columns(TABLE)
-        if "source_hash" not in {c["name"] for c in columns}:
-            clause = " IF NOT EXISTS" if self._engine.dialect.name == "postgresql" else ""
+        columns = {c["name"] for c in sa.inspect(self._engine).get_columns(TABLE)}
+        missing = [name for name in _ADDED_COLUMNS if name not in columns]
+        if missing:
+            postgres = self._engine.dialect.name == "postgresql"
             with self._engine.begin() as connection:
-                connection.exec_driver_sql(
-                    _ADD_SOURCE_HASH.replace(" ADD COLUMN", f" ADD COLUMN{clause}")
-                )
+                for name in missing:
+                    connection.exec_driver_sql(
+                        _add_column(name, if_not_exists=postgres, false="false")
+                    )
+        with self._engine.begin() as connection:
+            for index in _INDEXES:
+                connection.exec_driver_sql(index)
         self._connection = self._engine.connect()
         keys: sa.BindParameter[list[str]] = sa.bindparam("keys", expanding=True)
         account_is = table.c.account == sa.bindparam("account")
@@ -303,6 +376,10 @@ class SqlAlchemyLedger(Ledger):
             table.c.contact_key, table.c.payload_hash, table.c.source_hash, table.c.confirmed_at
         ).where(account_is, table.c.contact_key.in_(keys))
         self._forget = table.delete().where(account_is, table.c.contact_key.in_(keys))
+        self._of_stream = sa.select(table.c.contact_key).where(
+            account_is, table.c.stream == sa.bindparam("stream"), sa.not_(table.c.passivated)
+        )
+        self._passive = sa.select(table.c.contact_key).where(account_is, table.c.passivated)
         self._adopt_statement = (
             table.update()
             .where(
@@ -344,13 +421,27 @@ class SqlAlchemyLedger(Ledger):
                         {
                             "account": self.account,
                             "contact_key": key,
-                            "payload_hash": digest,
-                            "source_hash": source,
+                            **entry._asdict(),
                             "confirmed_at": now,
                         }
-                        for key, (digest, source) in confirmed.items()
+                        for key, entry in confirmed.items()
                     ],
                 )
+
+    def _stream_contacts(self, stream: str) -> list[str]:
+        return list(self._read(self._of_stream, stream=stream))
+
+    def _passive_keys(self) -> set[str]:
+        return set(self._read(self._passive))
+
+    def _read(self, query: sa.Select[str], **params: str) -> Iterator[str]:
+        """The first column of a query's rows, the transaction ended after."""
+        connection = self._connection
+        try:
+            for row in connection.execute(query, {"account": self.account, **params}):
+                yield row[0]
+        finally:
+            connection.rollback()
 
     def _adopt(self, sources: Mapping[str, tuple[str, str]]) -> None:
         with self._connection.begin():

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from target_dengage.accountstate import CallClock, FileCallClock, account_file
+from target_dengage.accountstate import CallClock, FileCallClock, LastCall, account_file
 from target_dengage.statefiles import default_state_dir
 
 T = TypeVar("T")
@@ -57,8 +57,9 @@ class Pacer:
     Every call takes this process's lock, then the account's turn in the shared clock, and
     holds both until the call has returned: that is what makes "never two at once" hold
     across threads and across runs. Inside the turn it reads the account's last start (the
-    other runs' calls included), waits out the spacing on the wall clock, records its own
-    start and calls. With ``interval`` 0 there is nothing to space: no clock is touched.
+    other runs' calls included) and how long ago it was by the store's clock, waits out
+    the spacing, records its own start and calls. With ``interval`` 0 there is nothing to
+    space: no clock is touched.
 
     ``last_start`` (monotonic) is this process's last call start; ``waited_seconds`` the
     time spent waiting for the spacing and for other runs' turns.
@@ -80,8 +81,8 @@ class Pacer:
         self._lock = threading.Lock()
         self.last_start: float | None = None
         self.waited_seconds = 0.0
-        #: The wall-clock start this process last recorded: a later start read from the
-        #: clock is another run's.
+        #: The start this process last recorded (the store's clock): any other start read
+        #: from the clock is another run's.
         self._recorded: float | None = None
         self._told_other_run = False
 
@@ -95,19 +96,19 @@ class Pacer:
             with self._clock.turn() as previous:
                 self.waited_seconds += time.monotonic() - asked  # another run's call
                 self._wait(previous)
+                self._recorded = self._clock.started()
+                # After recording: a store that had to reconnect made the call start later.
                 self.last_start = time.monotonic()
-                self._recorded = time.time()
-                self._clock.started(self._recorded)
                 return call()
 
-    def _wait(self, previous: float | None) -> None:
+    def _wait(self, previous: LastCall | None) -> None:
         """Sleep out the spacing after this process's last call and after ``previous``, the
-        account's last recorded start (wall clock), whichever ends later."""
+        account's last recorded start (timed by the clock's store), whichever ends later."""
         left = 0.0
         if self.last_start is not None:
             left = self.last_start + self._spacing - time.monotonic()
-        if previous is not None and previous != self._recorded:
-            ago = time.time() - previous
+        if previous is not None and previous.at != self._recorded:
+            ago = previous.age
             # A clock set back never makes a run wait more than one spacing.
             theirs = min(self._spacing, self._spacing - ago)
             if theirs > 0:

@@ -20,6 +20,7 @@ from target_dengage.jobs import AsyncOptions, JobStats
 from target_dengage.ledger import Ledger
 from target_dengage.lookups import ChangeFilter
 from target_dengage.mapping import FieldProblem
+from target_dengage.mirrors import Mirrors
 from target_dengage.pending import Pending, Unread
 from target_dengage.rejects import RejectedRecords
 
@@ -41,8 +42,12 @@ class Pipeline:
         dry_run_path: str | None = None,
         dry_run: bool = False,
         ledger: Ledger | None = None,
+        open_ledger: Callable[[], Ledger] | None = None,
+        change_detection: bool = False,
         ledger_max_age_days: int | None = None,
         passivate: bool = False,
+        max_passivate_percent: float = 10.0,
+        seq: Callable[[], int] = lambda: 0,
     ) -> None:
         self.books = books = Books(rejects, ledger, logger)
         self.stats: RunStats = books.stats
@@ -61,31 +66,68 @@ class Pipeline:
             )
         else:
             self.delivery = SyncDelivery(books, logger, client=client, **flags)
-        self.buckets = buckets = Buckets(batch_size, self.delivery.send, books.stats, on_confirmed)
+        self.buckets = Buckets(batch_size, self.delivery.send, books.stats, on_confirmed)
         #: Source deletes to passivate (delete_behavior: passivate): requests of their own.
         self.passivations = (
             Buckets(batch_size, self.delivery.send, books.stats, on_confirmed)
             if passivate
             else None
         )
+        self._open_ledger = open_ledger
+        #: Contacts the target passivated in earlier runs: made active again if they return.
+        self._passive: set[str] = set() if ledger is None else ledger.passive_keys()
+        #: Streams that map contact_status themselves: theirs is never overridden.
+        self.status_streams: set[str] = set()
+        self.mirrors = Mirrors(
+            passivate=passivate,
+            max_percent=max_passivate_percent,
+            ledger=self.need_ledger,
+            queue=self._passivate_absent,
+            on_its_way=self._on_its_way,
+            seq=seq,
+            stats=books.stats,
+            versions=books.versions,
+            logger=logger,
+        )
         self.lookups: ChangeFilter | None = None
-        #: Where a valid contact goes: the ledger check with change detection, else straight
-        #: into its bucket (one call less per record).
-        self.add: Callable[[Pending], None] = buckets.add
-        if ledger is not None:
+        if change_detection:
+            assert ledger is not None
             self.lookups = ChangeFilter(
                 ledger,
                 books,
                 batch_size=batch_size,
                 max_age_days=ledger_max_age_days,
-                queue=buckets.add,
+                queue=self._to_buckets,
                 on_its_way=self._on_its_way,
             )
-            self.add = self.lookups.add
-        if self.passivations is not None:
-            self._upsert = self.add
-            self.add = self._add_after_deletes
+        self.add: Callable[[Pending], None]
+        self._upsert: Callable[[Pending], None]
+        self._wire()
         self.reject_line = books.reject_line
+
+    def _wire(self) -> None:
+        """Where a valid contact goes: the ledger check with change detection, else straight
+        into its bucket (one call less per record), past the reactivation check only when
+        there is anyone to reactivate, and past the deletes of this run when it has any."""
+        if self.lookups is not None:
+            self._upsert = self.lookups.add
+        elif self._passive:
+            self._upsert = self._to_buckets
+        else:
+            self._upsert = self.buckets.add
+        self.add = self._add_after_deletes if self.passivations is not None else self._upsert
+
+    def need_ledger(self) -> Ledger:
+        """The ledger, opened now if the run had no need of it before (a full-table
+        version): from then on every confirmation is recorded in it."""
+        ledger = self.books.ledger
+        if ledger is None:
+            assert self._open_ledger is not None
+            ledger = self._open_ledger()
+            self.books.use_ledger(ledger)
+            self._passive = ledger.passive_keys()
+            self._wire()
+        return ledger
 
     @property
     def jobs(self) -> JobStats | None:
@@ -98,7 +140,7 @@ class Pipeline:
         if self.lookups is not None:
             lowest = min(lowest, self.lookups.min_seq)
         if self.passivations is not None:
-            lowest = min(lowest, self.passivations.min_seq)
+            lowest = min(lowest, self.passivations.min_seq, self.mirrors.min_seq)
         return lowest
 
     def delete(self, pending: Pending) -> None:
@@ -113,6 +155,27 @@ class Pipeline:
             self.stats.deletes_ignored += 1
             return
         self.stats.passivations_sent += 1
+        self.passivations.add(pending)
+
+    def _to_buckets(self, pending: Pending) -> None:
+        """Into its bucket; a contact the target passivated is made active again, unless its
+        stream maps contact_status itself."""
+        passive = self._passive
+        if passive:
+            key = str(pending.row[CONTACT_KEY])
+            if (
+                key in passive
+                and "contact_status" not in pending.row
+                and pending.stream not in self.status_streams
+            ):
+                passive.discard(key)
+                pending.row["contact_status"] = "A"
+                self.stats.reactivated += 1
+        self.buckets.add(pending)
+
+    def _passivate_absent(self, pending: Pending) -> None:
+        """A contact a complete full-table version lacks (see ``mirrors``)."""
+        assert self.passivations is not None
         self.passivations.add(pending)
 
     def _add_after_deletes(self, pending: Pending) -> None:

@@ -34,6 +34,7 @@ class _Envelope(msgspec.Struct):
     type: str
     stream: str = ""
     record: msgspec.Raw = msgspec.Raw(b"")
+    version: int | None = None
 
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
@@ -65,7 +66,7 @@ class LineNumberedReader(SingerReader):
         self.records: dict[str, DengageSink] = {}
         #: Of those, the streams whose records may be taken as JSON text (change detection's
         #: short path): stream → a function that takes a record's text, or declines it.
-        self.raw_records: dict[str, t.Callable[[msgspec.Raw], bool]] = {}
+        self.raw_records: dict[str, t.Callable[[msgspec.Raw, int | None], bool]] = {}
         #: Told of a line that cannot be decoded (number, line, why): it stops the run by
         #: raising, or sets the line aside and returns.
         self.on_unreadable: t.Callable[[int, bytes | str, str], None] = _refuse_line
@@ -105,7 +106,7 @@ class LineNumberedReader(SingerReader):
                 else:
                     if outline.type == "RECORD":
                         take = raw_records.get(outline.stream)
-                        if take is not None and take(outline.record):
+                        if take is not None and take(outline.record, outline.version):
                             direct += 1
                             continue
             if shaper is not None:
@@ -115,7 +116,7 @@ class LineNumberedReader(SingerReader):
                     pass  # decoded again below, which names what is wrong
                 else:
                     if shaped_line.type == "RECORD" and shaped_line.stream == shaped:
-                        shaper.take_shaped(shaped_line.record, line)
+                        shaper.take_shaped(shaped_line.record, line, shaped_line.version)
                         direct += 1
                         continue
             message = decode(line)
@@ -128,7 +129,14 @@ class LineNumberedReader(SingerReader):
                 if type(stream) is str and type(record) is dict:
                     sink = records.get(stream)
                     if sink is not None:
-                        sink.take_record(record)
+                        version = message.get("version")
+                        if version is not None and type(version) is not int:
+                            raise InvalidInputError(
+                                f"Input line {self.line_number} (stream '{quote(stream, 80)}'): "
+                                "a RECORD message's 'version' must be an integer, not "
+                                f"{quote(repr(version), 40)}."
+                            )
+                        sink.take_record(record, version)
                         direct += 1
                         shaped, shaper = stream, sink
                         continue

@@ -117,7 +117,19 @@ def progress_line(view: RunView, pace: Pace) -> str:
         f"{view.rejected} rejected, {s.unchanged} unchanged; {per_minute:.0f} contacts/min; "
         f"{buffered} buffered"
         + (f", ETA {_duration(eta)}" if eta is not None and buffered else "")
+        + _deletes_said(s)
         + "."
+    )
+
+
+def _deletes_said(s: RunStats) -> str:
+    """The progress line's part about deletes and mirrors, when there are any."""
+    deletes = s.deletes_ignored + s.passivations_sent
+    if not (deletes or s.absent or s.reactivated):
+        return ""
+    return (
+        f"; {deletes} source deletes, {s.absent} absent from full-table versions, "
+        f"{s.passivated} passivated, {s.reactivated} reactivated"
     )
 
 
@@ -134,6 +146,9 @@ def plan_text(view: RunView, pace: Pace, output_path: str | None) -> str:
         f"  unchanged (ledger) ... {s.unchanged}",
         f"  deletes ignored ...... {s.deletes_ignored}",
         f"  to passivate ......... {s.passivations_sent}",
+        f"  absent from versions . {s.absent}",
+        f"  of them to passivate . {s.absent_to_passivate}",
+        f"  to reactivate ........ {s.reactivated}",
         f"  to send .............. {s.contacts_sent}",
         f"  requests needed ...... {s.requests}"
         + (" jobs" if pace.mode == "async" else " sync BulkUpsert calls"),
@@ -145,6 +160,10 @@ def plan_text(view: RunView, pace: Pace, output_path: str | None) -> str:
             " at the soonest; D·engage's job time comes on top)"
         ),
     ]
+    if s.over_limit:
+        lines.append(
+            f"  over max_passivate_percent (nothing passivated): {', '.join(s.over_limit)}"
+        )
     if output_path:
         lines.append(f"  request bodies ....... {output_path}")
     return "\n".join(lines)
@@ -169,6 +188,12 @@ def summary_text(view: RunView, rejected_path: str | None) -> str:
             "source deletes",
             f"{s.deletes_ignored} ignored, {s.passivations_sent} to passivate "
             f"({s.passivated} passivated, {s.passivations_not_found} not in D·engage)",
+        ),
+        (
+            "full-table mirrors",
+            f"{s.absent} contacts absent, {s.absent_to_passivate} of them to passivate; "
+            f"{s.reactivated} reactivated"
+            + (f"; over max_passivate_percent: {', '.join(s.over_limit)}" if s.over_limit else ""),
         ),
         ("retries", f"{view.retries}"),
         ("rate-limited (429)", f"{view.rate_limited} times, {view.rate_limited_seconds:.0f} s"),
@@ -230,6 +255,12 @@ def summary_json(
             "to_passivate": s.passivations_sent,
             "passivated": s.passivated,
             "not_found": s.passivations_not_found,
+            "reactivated": s.reactivated,
+        },
+        "full_table_versions": {
+            "absent": s.absent,
+            "to_passivate": s.absent_to_passivate,
+            "streams_over_limit": list(s.over_limit),
         },
         "warnings": s.warnings,
         "requests": s.requests,

@@ -45,6 +45,9 @@ class SdkTarget(Target):
     def batch_message(self, message: dict[str, t.Any]) -> None:
         """A BATCH message arrived."""
 
+    def check_activate_version_message(self, message: dict[str, t.Any]) -> None:
+        """Refuse a malformed ACTIVATE_VERSION message, before the SDK reads it."""
+
     def state_received(self, state: dict[str, t.Any]) -> None:
         """A new, non-empty STATE arrived; printing it is the target's business."""
 
@@ -96,6 +99,24 @@ class SdkTarget(Target):
 
     def _process_batch_message(self, message_dict: dict[str, t.Any]) -> None:
         self.batch_message(message_dict)
+
+    def _process_activate_version_message(self, message_dict: dict[str, t.Any]) -> None:
+        """The SDK's, checked first, and without its warning that ``_sdc`` properties are
+        added to the schema (a SQL target's concern: each sink's public
+        ``activate_version`` hook is what this target implements)."""
+        self.check_activate_version_message(message_dict)
+        for stream_map in self.mapper.stream_maps[message_dict["stream"]]:
+            sink = self._sinks_active.get(stream_map.stream_alias)
+            if sink is None:  # a stream the stream maps drop
+                continue
+            if not sink.process_activate_version_messages:
+                self.logger.warning(
+                    "ACTIVATE_VERSION ignored for stream '%s' "
+                    "(process_activate_version_messages is false).",
+                    stream_map.stream_alias,
+                )
+                continue
+            sink.activate_version(message_dict["version"])
 
     def _process_state_message(self, message_dict: dict[str, t.Any]) -> None:
         super()._process_state_message(message_dict)

@@ -61,6 +61,15 @@ def _violation(exc: InvalidRecord) -> tuple[str, str]:
     ), f"does not match the tap's schema{inside} ({rule}: {expected})"
 
 
+def _key(built: Built) -> str | None:
+    """The record's contact key, or None when it has none that could be read."""
+    row, problems = built
+    if problems is not None and any(p.column == CONTACT_KEY for p in problems):
+        return None
+    key = row.get(CONTACT_KEY)
+    return None if key is None else str(key)
+
+
 class DengageSink(SdkSink):
     """One per stream. It owns no buffer: full requests are assembled across streams."""
 
@@ -74,9 +83,13 @@ class DengageSink(SdkSink):
         key_properties: list[str] | tuple[str, ...] | None,
     ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
-        host = t.cast("RecordHost", target)
+        self._host = host = t.cast("RecordHost", target)
         self._intake = host.intake
         self._pipeline = host.pipeline
+        self._mirrors = host.pipeline.mirrors
+        #: Whether the stream had an ACTIVATE_VERSION: its records without a ``version``
+        #: belong to the open version.
+        self._versioned = False
         self._stats = host.pipeline.stats
         self._stop_on_error: bool = target.config["stop_on_error"]
         self._record_number = 0
@@ -112,12 +125,15 @@ class DengageSink(SdkSink):
                     ("type", str),
                     ("stream", str, ""),
                     ("record", plan.shape, msgspec.field(default_factory=plan.shape)),
+                    ("version", int | None, None),
                 ],
             ),
             float_hook=decimal.Decimal,
         ).decode
         self._untallied = 0
         self._materialize_later = self._materialize  # one bound method, not one per record
+        if "contact_status" in self._columns.values():
+            host.pipeline.status_streams.add(stream_name)
         if plan.key_inferred:
             self.logger.info(
                 "Stream '%s' has no contact_key column; using its key property '%s' as "
@@ -165,6 +181,12 @@ class DengageSink(SdkSink):
         must be read whole, never recognised by their text alone as unchanged."""
         return self._deletes
 
+    def activate_version(self, new_version: int) -> None:
+        """ACTIVATE_VERSION (the SDK's hook): a full-table version of the stream, whose
+        complete set of contacts makes the ones it lacks known (see ``mirrors``)."""
+        self._versioned = True
+        self._mirrors.activate(self.stream_name, new_version)
+
     def get_validator(self) -> SchemaCheck | None:
         """Validation that sets an invalid record aside instead of crashing (see
         :class:`SchemaCheck`)."""
@@ -197,6 +219,9 @@ class DengageSink(SdkSink):
         validation were applied first."""
         seq, number = self._arrive(tallied=True)
         built = self._build(record)
+        version = self._host.record_version
+        if version is not None or self._versioned:
+            self._mirrors.saw(self.stream_name, _key(built), version)
         if self._deletes and self._deleted(record.get(DELETED_MARKER), built, record, number, seq):
             return
         check = self.schema_check
@@ -210,22 +235,26 @@ class DengageSink(SdkSink):
         if pending is not None:
             self._pipeline.add(pending)
 
-    def take_record(self, record: dict[str, t.Any]) -> None:
+    def take_record(self, record: dict[str, t.Any], version: int | None) -> None:
         """The record path for a stream whose records need none of the SDK's generic steps
-        (see ``TargetDengage._direct_sink``)."""
+        (see ``TargetDengage._direct_sink``); ``version``: the RECORD message's."""
         seq, number = self._arrive()
         built = self._build(record)
+        if version is not None or self._versioned:
+            self._mirrors.saw(self.stream_name, _key(built), version)
         if self._deletes and self._deleted(record.get(DELETED_MARKER), built, record, number, seq):
             return
         pending = self._admit(built, record, number, seq)
         if pending is not None:
             self._pipeline.add(pending)
 
-    def take_shaped(self, record: msgspec.Struct, line: bytes | str) -> None:
+    def take_shaped(self, record: msgspec.Struct, line: bytes | str, version: int | None) -> None:
         """:meth:`take_record` for a record that :attr:`decode_line` read into the plan's
         shape: the hot path of every load. The line is kept for explaining a rejection."""
         seq, number = self._arrive()
         row, problems = self._build_shape(record)
+        if version is not None or self._versioned:
+            self._mirrors.saw(self.stream_name, _key((row, problems)), version)
         if self._deletes and self._deleted(record.deleted, (row, problems), line, number, seq):  # type: ignore[attr-defined]
             return
         if problems is None:
@@ -233,7 +262,7 @@ class DengageSink(SdkSink):
         else:
             self._admit((row, problems), line, number, seq)
 
-    def take_raw(self, raw: msgspec.Raw) -> bool:
+    def take_raw(self, raw: msgspec.Raw, version: int | None) -> bool:
         """Change detection's short path, in place of the SDK's record loop, for a record
         still in its JSON text: read only its contact key and hash the text; the ledger
         lookup decides whether it is decoded and mapped at all. False: the key is not
@@ -243,6 +272,8 @@ class DengageSink(SdkSink):
             return False
         seq, number = self._arrive()
         key, source = identity
+        if version is not None or self._versioned:
+            self._mirrors.saw(self.stream_name, key, version)
         self._pipeline.add_unread(Unread(key, source, raw, seq, number, self._materialize_later))
         return True
 

@@ -21,6 +21,7 @@ from singer_sdk.exceptions import (
     RecordsWithoutSchemaException,
     StreamMapConfigError,
 )
+from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.singerlib.json import serialize_json
 
@@ -49,7 +50,9 @@ from target_dengage.sinks import DengageSink
 from target_dengage.statefiles import unwritable, write_json_atomic
 
 if t.TYPE_CHECKING:
+    from target_dengage.accountstate import CallClock
     from target_dengage.ledger import Ledger
+    from target_dengage.sharedstate import SharedState
 
 logger = logging.getLogger(__name__)
 #: STATEs held back at most; beyond it the newest replaces the last one held.
@@ -71,6 +74,11 @@ class TargetDengage(SdkTarget):
     name = "target-dengage"
     default_sink_class = DengageSink
     message_reader_class = LineNumberedReader
+    #: Full-table versions are mirrored (see ``mirrors``).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        *SdkTarget.capabilities,
+        PluginCapabilities.ACTIVATE_VERSION,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -262,6 +270,21 @@ class TargetDengage(SdkTarget):
             ),
         ),
         th.Property(
+            "state_url",
+            th.StringType,
+            secret=True,
+            title="Shared state URL",
+            description=(
+                "SQLAlchemy URL of a database every run of the account shares (e.g. "
+                "postgresql+psycopg2://user:password@host:5432/db), for runs on several "
+                "machines: it holds the pacing clock and lock (one BulkUpsert call at a time, "
+                "one per interval, account-wide), the async job journal and, unless ledger_url "
+                "is set, the change-detection ledger (pacing_state_path and job_journal_path "
+                "are then not used). sqlite:////path/state.sqlite serves the processes of one "
+                "machine. Default: unset (files of this machine)."
+            ),
+        ),
+        th.Property(
             "ledger_max_age_days",
             th.IntegerType,
             minimum=0,
@@ -325,6 +348,20 @@ class TargetDengage(SdkTarget):
             ),
         ),
         th.Property(
+            "max_passivate_percent",
+            th.NumberType(nullable=False),
+            default=10,
+            minimum=0,
+            maximum=100,
+            description=(
+                "Safety limit of full-table mirrors (ACTIVATE_VERSION) with delete_behavior: "
+                "passivate: a stream's complete version that lacks more than this percentage "
+                "of the contacts the ledger held for the stream passivates none of them, and "
+                "the run fails naming the stream (its upserts are still delivered). Guards an "
+                "audience against a tap that returns an empty table by mistake."
+            ),
+        ),
+        th.Property(
             "validate_records",
             th.BooleanType(nullable=False),
             default=False,
@@ -353,10 +390,18 @@ class TargetDengage(SdkTarget):
             else None
         )
         account = account_key(config["api_url"], config.get("userkey"), config.get("access_token"))
-        memory = PacingMemory(
-            Path(config.get("pacing_state_path") or default_pacing_path(account)).expanduser(),
-            account,
-            self.logger,
+        shared = self._shared_state(account)
+        memory: CallClock = (
+            shared.clock(
+                interval=config["request_interval_seconds"],
+                call_timeout=config["request_timeout_seconds"],
+            )
+            if shared is not None
+            else PacingMemory(
+                Path(config.get("pacing_state_path") or default_pacing_path(account)).expanduser(),
+                account,
+                self.logger,
+            )
         )
         self.client = DengageClient(
             api_url=config["api_url"],
@@ -376,13 +421,18 @@ class TargetDengage(SdkTarget):
             poll_interval=config["poll_interval_seconds"],
         )
         self._dry_run: bool = config["dry_run"]
+        self._account = account
+        passivate = config["delete_behavior"] == "passivate"
+        #: The ledger: opened now for change detection and for passivations (whose contacts
+        #: are reactivated if they come back), or by the first full-table version.
         self._ledger: Ledger | None = None
-        if config["change_detection"]:
-            from target_dengage.ledger import default_ledger_url, open_ledger
-
-            self._ledger = open_ledger(
-                config.get("ledger_url") or default_ledger_url(account), account
-            )
+        if config["change_detection"] or passivate:
+            try:
+                self._open_ledger()
+            except DengageError as exc:  # at start: like a bad setting, one clear line
+                raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
+        #: The ``version`` of the RECORD message on the SDK's record path.
+        self.record_version: int | None = None
         self.pipeline = Pipeline(
             self.client,
             self._rejects,
@@ -392,7 +442,9 @@ class TargetDengage(SdkTarget):
             logger=self.logger,
             on_confirmed=self._print_confirmed_state,
             async_options=AsyncOptions(
-                journal=JobJournal(
+                journal=shared.jobs()
+                if shared is not None
+                else JobJournal(
                     Path(
                         config.get("job_journal_path") or default_journal_path(account)
                     ).expanduser(),
@@ -407,13 +459,61 @@ class TargetDengage(SdkTarget):
             dry_run=self._dry_run,
             dry_run_path=config.get("dry_run_output_path"),
             ledger=self._ledger,
+            open_ledger=self._open_ledger,
+            change_detection=config["change_detection"],
             ledger_max_age_days=config.get("ledger_max_age_days"),
-            passivate=config["delete_behavior"] == "passivate",
+            passivate=passivate,
+            max_passivate_percent=config["max_passivate_percent"],
+            seq=self.intake.current,
         )
         self._progress = ProgressReporter(
             config["progress_interval_seconds"], self._view, self._pace, self.logger
         )
         t.cast("LineNumberedReader", self.message_reader).on_unreadable = self._unreadable_line
+
+    def _open_ledger(self) -> Ledger:
+        """The ledger; one that cannot be opened (a database that is down, a folder that
+        cannot be written) is one error naming it, without its password."""
+        from target_dengage.ledger import open_ledger
+        from target_dengage.sharedstate import where
+
+        url = self._ledger_url()
+        try:
+            ledger = open_ledger(url, self._account)
+        except Exception as exc:  # any driver's error: the run cannot go on without it
+            import sqlalchemy as sa
+
+            try:
+                named = where(sa.make_url(url))
+            except sa.exc.ArgumentError:
+                named = "its URL is not a SQLAlchemy database URL"
+            reason = getattr(exc, "orig", None) or exc
+            raise DengageError(
+                f"The change-detection ledger cannot be opened ({named}): "
+                f"{quote(str(reason).strip() or type(reason).__name__)}"
+            ) from None
+        self._ledger = ledger
+        return ledger
+
+    def _ledger_url(self) -> str:
+        from target_dengage.ledger import default_ledger_url
+
+        config = self.config
+        url = config.get("ledger_url") or config.get("state_url")
+        return url or default_ledger_url(self._account)
+
+    def _shared_state(self, account: str) -> SharedState | None:
+        """The database of state_url, opened (its schema made current) before the run reads a
+        line, so an unreachable or unusable one fails the run at start, like a bad setting."""
+        url = self.config.get("state_url")
+        if not url:
+            return None
+        from target_dengage.sharedstate import SharedState, SharedStateError
+
+        try:
+            return SharedState(url, account, self.logger, self.config["max_retries"])
+        except SharedStateError as exc:
+            raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
 
     def _check_config(self) -> None:
         """Rules JSON schema cannot express, reported like schema errors."""
@@ -465,16 +565,20 @@ class TargetDengage(SdkTarget):
         ]
         if dry:
             outputs.append(("dry_run_output_path", config.get("dry_run_output_path"), False))
+        elif config.get("state_url"):
+            pass  # the pacing clock and the job journal live in that database
         elif config["mode"] == "async":
             journal = config.get("job_journal_path") or str(default_journal_path(account))
             outputs.append(("job_journal_path", journal, True))
         else:
             pacing = config.get("pacing_state_path") or str(default_pacing_path(account))
             outputs.append(("pacing_state_path", pacing, True))
-        if config["change_detection"]:
+        if config["change_detection"] or config["delete_behavior"] == "passivate":
             from target_dengage.ledger import default_ledger_url, sqlite_file
 
-            ledger = sqlite_file(config.get("ledger_url") or default_ledger_url(account))
+            ledger = sqlite_file(
+                config.get("ledger_url") or config.get("state_url") or default_ledger_url(account)
+            )
             if ledger is not None:
                 outputs.append(("ledger_url", str(ledger), False))
         errors = []
@@ -532,7 +636,7 @@ class TargetDengage(SdkTarget):
         reader.raw_records.pop(stream, None)
         if isinstance(sink, DengageSink):
             reader.records[stream] = sink
-            if self._ledger is not None and not sink.may_delete:
+            if self.pipeline.lookups is not None and not sink.may_delete:
                 reader.raw_records[stream] = sink.take_raw
 
     def check_record_message(self, message: dict[str, t.Any]) -> None:
@@ -541,6 +645,28 @@ class TargetDengage(SdkTarget):
         ):
             raise self._bad_message(
                 "a RECORD message needs a 'stream' (text) and a 'record' (an object)."
+            )
+        version = message.get("version")
+        if version is not None and type(version) is not int:
+            raise self._bad_message(
+                f"a RECORD message's 'version' must be an integer, not {quote(repr(version), 40)}."
+            )
+        self.record_version = version
+
+    def check_activate_version_message(self, message: dict[str, t.Any]) -> None:
+        stream = message.get("stream")
+        version = message.get("version")
+        if not isinstance(stream, str):
+            raise self._bad_message("an ACTIVATE_VERSION message needs a 'stream' (text).")
+        if type(version) is not int:
+            raise self._bad_message(
+                f"the ACTIVATE_VERSION message of stream '{quote(stream, 80)}' needs an integer "
+                f"'version', not {quote(repr(version), 40)}."
+            )
+        if stream not in self.mapper.stream_maps:
+            raise self._bad_message(
+                f"an ACTIVATE_VERSION message for stream '{quote(stream, 80)}', which no SCHEMA "
+                "message has declared."
             )
 
     def batch_message(self, message: dict[str, t.Any]) -> None:
@@ -634,12 +760,19 @@ class TargetDengage(SdkTarget):
             if isinstance(sink, DengageSink):
                 sink.sync_counts()  # before the drain reads them
         try:
+            self.pipeline.mirrors.finish()  # its passivations go in the drain, before STATE
             super().process_endofpipe()
         finally:
             self.client.close()  # no more calls after the end of input
             if self._ledger is not None:
                 self._ledger.close()
         self._report_deletes()
+        if self.pipeline.mirrors.over_limit:
+            raise DengageError(
+                " ".join(self.pipeline.mirrors.over_limit)
+                + " Everything else was delivered and STATE printed; the run is marked failed "
+                "so that someone looks."
+            )
         stats = self.pipeline.stats
         if stats.unaccounted:
             raise DengageError(

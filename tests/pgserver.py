@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,19 +74,22 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server() -> Iterator[Server]:
+def postgres_server(settings: Mapping[str, str] | None = None) -> Iterator[Server]:
     """Start a server in a fresh directory of its own (the postgres user must be able to
-    reach it, which pytest's per-user temporary folders do not allow), and remove it after."""
+    reach it, which pytest's per-user temporary folders do not allow), and remove it after.
+
+    ``settings`` are extra server settings (``-c name=value``), such as
+    ``{"wal_level": "logical"}`` for logical replication."""
     directory = Path(tempfile.mkdtemp(prefix="target-dengage-pg-"))
     try:
-        with _running(directory) as server:
+        with _running(directory, settings or {}) as server:
             yield server
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager
-def _running(directory: Path) -> Iterator[Server]:
+def _running(directory: Path, settings: Mapping[str, str]) -> Iterator[Server]:
     initdb, pg_ctl, psql = find_bin("initdb"), find_bin("pg_ctl"), find_bin("psql")
     if not (initdb and pg_ctl and psql):
         raise RuntimeError("PostgreSQL binaries not found; .ci/run installs them (apt postgresql)")
@@ -104,6 +107,7 @@ def _running(directory: Path) -> Iterator[Server]:
         [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"], **run
     )
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off"
+    options += "".join(f" -c {name}={value}" for name, value in settings.items())
     subprocess.run(
         [
             *prefix,

@@ -318,3 +318,29 @@ def test_an_invalid_record_among_known_ones_is_named_and_set_aside(
         assert run.returncode == 0, run.stderr
         assert run.summary["contacts"]["unchanged"] == 99
         assert run.states == [{"position": 100}]
+
+
+def test_a_ledger_that_cannot_be_opened_is_one_clear_error_at_start(
+    base_config: dict[str, Any], emulator: DengageEmulator, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {
+        **base_config,
+        "column_mapping": MAPPING,
+        "change_detection": True,
+        "ledger_url": f"postgresql+psycopg2://someone:ledger-pw-123@127.0.0.1:{port}/crm",
+    }
+    run = run_target(config, _messages(3), tmp_path)
+
+    assert run.returncode == 1
+    assert (
+        f"The change-detection ledger cannot be opened (PostgreSQL database 'crm' on "
+        f"127.0.0.1:{port})" in run.stderr
+    )
+    assert "ledger-pw-123" not in run.stderr
+    assert "Traceback" not in run.stderr
+    assert emulator.request_log() == []

@@ -88,7 +88,13 @@ def test_passivate_marks_deleted_contacts_passive_and_creates_none(
     assert stored["c1"]["name"] == "Changed"
     assert "c4" in stored
     deletes = run.summary["deletes"]
-    assert deletes == {"ignored": 0, "to_passivate": 2, "passivated": 1, "not_found": 1}
+    assert deletes == {
+        "ignored": 0,
+        "to_passivate": 2,
+        "passivated": 1,
+        "not_found": 1,
+        "reactivated": 0,
+    }
     passivations = [
         body for body in _bodies(emulator) if body["columns"] == ["contact_key", "contact_status"]
     ]

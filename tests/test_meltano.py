@@ -85,6 +85,18 @@ def _target_env(emulator: DengageEmulator, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _tap_postgres_env(postgres: Server) -> dict[str, str]:
+    """tap-postgres reading the public schema of the server's database (trust auth)."""
+    return {
+        "TAP_POSTGRES_HOST": postgres.host,
+        "TAP_POSTGRES_PORT": str(postgres.port),
+        "TAP_POSTGRES_USER": postgres.user,
+        "TAP_POSTGRES_PASSWORD": "unused-trust-auth",
+        "TAP_POSTGRES_DATABASE": postgres.database,
+        "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps(["public"]),
+    }
+
+
 def _write_contacts_csv(path: Path, count: int) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -176,15 +188,7 @@ def test_postgres_table_through_tap_postgres(
         "first_name text, last_name text, phone text, dob date, opted_in_email boolean, "
         f"updated_at timestamptz);\nINSERT INTO customers VALUES {rows};"
     )
-    env = {
-        **_target_env(emulator, tmp_path),
-        "TAP_POSTGRES_HOST": postgres.host,
-        "TAP_POSTGRES_PORT": str(postgres.port),
-        "TAP_POSTGRES_USER": postgres.user,
-        "TAP_POSTGRES_PASSWORD": "unused-trust-auth",
-        "TAP_POSTGRES_DATABASE": postgres.database,
-        "TAP_POSTGRES_FILTER_SCHEMAS": json.dumps(["public"]),
-    }
+    env = {**_target_env(emulator, tmp_path), **_tap_postgres_env(postgres)}
     result = _meltano(meltano, ["run", "tap-postgres", "target-dengage"], env)
     assert result.returncode == 0, result.stderr
 
@@ -203,3 +207,56 @@ def test_postgres_table_through_tap_postgres(
     assert "gsm" not in stored["C4"]  # NULL in the warehouse: nothing sent, nothing cleared
     assert [c["count"] for c in emulator.bulk_calls()] in ([188, 62], [62, 188])
     assert "updated_at" in result.stderr  # named among the properties not sent
+
+
+def test_full_table_mirror_through_tap_postgres_activate_version(
+    meltano: str, emulator: DengageEmulator, postgres: Server, tmp_path: Path
+) -> None:
+    """FULL_TABLE with emit_activate_version_messages: a row removed from the table is
+    passivated on the next run, a mass removal past max_passivate_percent passivates nothing
+    and fails the run, and a row that comes back is active again."""
+    postgres.sql("DROP DATABASE IF EXISTS mirror;\nCREATE DATABASE mirror;")
+    postgres = dataclasses.replace(postgres, database="mirror")
+    rows = ",\n".join(f"('M{i}', 'm{i}@shop.example', 'First{i}', 'Last{i}')" for i in range(1, 21))
+    postgres.sql(
+        "CREATE TABLE customers (customer_id text PRIMARY KEY, email_address text, "
+        f"first_name text, last_name text);\nINSERT INTO customers VALUES {rows};"
+    )
+    env = {
+        **_target_env(emulator, tmp_path),
+        "TARGET_DENGAGE_DELETE_BEHAVIOR": "passivate",
+        "TARGET_DENGAGE_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        **_tap_postgres_env(postgres),
+        "TAP_POSTGRES_EMIT_ACTIVATE_VERSION_MESSAGES": "true",
+    }
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return _meltano(meltano, ["run", "tap-postgres", "target-dengage"], env)
+
+    def passive() -> list[str]:
+        stored = emulator.contacts()
+        return sorted(k for k, c in stored.items() if c.get("contact_status") == "P")
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert len(emulator.contacts()) == 20
+
+    postgres.sql("DELETE FROM customers WHERE customer_id = 'M1';")
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert passive() == ["M1"]
+    assert emulator.contacts()["M1"]["email"] == "m1@shop.example"  # only passivated
+
+    postgres.sql("DELETE FROM customers WHERE customer_id <> 'M2';")  # an empty-ish table
+    third = run()
+    assert third.returncode != 0
+    assert "lacks 18 of the 19 contact(s)" in third.stderr
+    assert "max_passivate_percent (10 %)" in third.stderr
+    assert passive() == ["M1"]  # nothing more passivated
+
+    postgres.sql(f"DELETE FROM customers;\nINSERT INTO customers VALUES {rows};")  # noqa: S608
+    fourth = run()
+    assert fourth.returncode == 0, fourth.stderr
+    assert passive() == []
+    assert emulator.contacts()["M1"]["contact_status"] == "A"
+    assert_clean_log(fourth.stderr, {"password": PASSWORD})

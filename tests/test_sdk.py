@@ -29,6 +29,7 @@ METHODS = [
     (Target, "_process_schema_message", ["self", "message_dict"]),
     (Target, "_process_record_message", ["self", "message_dict"]),
     (Target, "_process_batch_message", ["self", "message_dict"]),
+    (Target, "_process_activate_version_message", ["self", "message_dict"]),
     (Target, "_process_state_message", ["self", "message_dict"]),
     (Target, "_write_state_message", ["self", "state"]),
     (Target, "_handle_max_record_age", ["self"]),
