@@ -118,6 +118,11 @@ class Books:
     def ledger(self) -> Ledger | None:
         return self._ledger
 
+    def settle(self) -> None:
+        """Wait for the ledger's writes: a STATE may be printed only once they are done."""
+        if self._ledger is not None:
+            self._ledger.settle()
+
     def use_ledger(self, ledger: Ledger) -> None:
         """Record confirmations from now on (a mirror opened the ledger mid-run)."""
         self._ledger = ledger
@@ -226,8 +231,6 @@ class Books:
         Only contacts the answer names as inserted or updated, and neither rejected nor
         warned about: the others go again next run."""
         assert self._ledger is not None
-        from target_dengage.ledger import Recorded  # only runs with a ledger load it
-
         done = (named.inserted | named.updated) - named.failed
         entries: dict[str, Recorded] = {}
         renamed: list[str] = []
@@ -242,11 +245,11 @@ class Books:
             passive = pending.passivation
             new_key = pending.row.get(NEW_CONTACT_KEY)
             if new_key is None:
-                entries[key] = Recorded(digest, pending.source, stream, version, passive)
+                entries[key] = (digest, pending.source, stream, version, passive)
             else:
                 # The text names the old key: under the new one it would not match again.
                 renamed.append(key)
-                entries[str(new_key)] = Recorded(digest, None, stream, version, passive)
+                entries[str(new_key)] = (digest, None, stream, version, passive)
         self._ledger.record(entries, renamed)
         for listener in self.on_ledger_write:
             listener([*entries, *renamed])

@@ -52,14 +52,12 @@ class LedgerEntry(NamedTuple):
     confirmed_at: float  # epoch seconds
 
 
-class Recorded(NamedTuple):
-    """What a confirmed request records about one contact."""
-
-    payload_hash: str
-    source_hash: str | None
-    stream: str | None  # the stream the contact was last confirmed from
-    version: int | None  # that stream's ACTIVATE_VERSION then, if it had one
-    passivated: bool  # the target passivated it (contact_status "P")
+#: What a confirmed request records about one contact, in the table's column order (a plain
+#: tuple: one is made per confirmed contact): payload_hash, source_hash (the record's text,
+#: when one record made the contact), stream (the one it was last confirmed from), version
+#: (that stream's ACTIVATE_VERSION then, if any), passivated (the target passivated it).
+Recorded = tuple[str, "str | None", "str | None", "int | None", bool]
+RECORDED_COLUMNS = ("payload_hash", "source_hash", "stream", "version", "passivated")
 
 
 #: What a confirmed request records, by contact key.
@@ -102,12 +100,11 @@ _ADDED_COLUMNS = {
     "version": "BIGINT",
     "passivated": "BOOLEAN NOT NULL DEFAULT {false}",
 }
-#: A mirror reads a stream's contacts, and every run with a ledger the passivated ones (few,
-#: so a partial index: a run that finds none reads nothing).
-_INDEXES = (
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_stream ON {TABLE} (account, stream)",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_passive ON {TABLE} (account) WHERE passivated",
-)
+#: Every run with a ledger reads the passivated contacts: few, so a partial index (a run
+#: that finds none reads nothing, and only passivations pay for its upkeep). A mirror reads
+#: a stream's contacts once per version, through the primary key's account prefix: an index
+#: on the stream would cost every write of every run.
+_INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_passive ON {TABLE} (account) WHERE passivated",)
 
 
 def _add_column(name: str, *, if_not_exists: bool, false: str) -> str:
@@ -155,6 +152,8 @@ class Ledger:
         self.account = account
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._closed = False
+        #: Writes sent to the ledger's thread and not yet known to have succeeded.
+        self._writing: list[Future[None]] = []
         try:
             self._worker.submit(self._open).result()
         except BaseException:
@@ -169,8 +168,17 @@ class Ledger:
         return self.lookup_later(keys).result()
 
     def record(self, confirmed: Confirmed, renamed: Iterable[str] = ()) -> None:
-        """Write confirmed contacts (and drop renamed-away keys) in one transaction."""
-        self._worker.submit(self._record, confirmed, list(renamed)).result()
+        """Write confirmed contacts (and drop renamed-away keys) in one transaction, on the
+        ledger's thread while the run reads on: :meth:`settle` waits for it, before a STATE
+        that covers them is printed. Lookups sent later see it (the thread takes its work
+        in order)."""
+        self._writing.append(self._worker.submit(self._record, confirmed, list(renamed)))
+
+    def settle(self) -> None:
+        """Wait until every write sent so far is done; raise the first that failed."""
+        writing, self._writing = self._writing, []
+        for write in writing:
+            write.result()
 
     def stream_contacts(self, stream: str) -> list[str]:
         """The keys last confirmed from ``stream`` and not passivated: what a complete
@@ -192,9 +200,12 @@ class Ledger:
             return
         self._closed = True
         try:
-            self._worker.submit(self._close).result()
+            self.settle()
         finally:
-            self._worker.shutdown()
+            try:
+                self._worker.submit(self._close).result()
+            finally:
+                self._worker.shutdown()
 
     def _open(self) -> None:
         raise NotImplementedError
@@ -421,7 +432,7 @@ class SqlAlchemyLedger(Ledger):
                         {
                             "account": self.account,
                             "contact_key": key,
-                            **entry._asdict(),
+                            **dict(zip(RECORDED_COLUMNS, entry, strict=True)),
                             "confirmed_at": now,
                         }
                         for key, entry in confirmed.items()

@@ -731,6 +731,7 @@ class TargetDengage(SdkTarget):
             ready = self._held_states.popleft()[2]
         if ready is None:
             return
+        self.pipeline.books.settle()
         line = serialize_json(ready)
         if line != self._printed_state:
             try:
