@@ -54,7 +54,10 @@ class Delivery:
 
     def send(self, columns: list[str], group: list[Pending]) -> None:
         """Deliver a request's worth of contacts; returns once D·engage answered for all of
-        them (for async mode: once their jobs are submitted)."""
+        them (for async mode: once their jobs are submitted). Every earlier confirmation is
+        in the ledger before it goes: the ledger's writes overlap the reading of a request's
+        records, never a call, so a crash during a call loses none of them."""
+        self._books.settle()
         groups = [group]
         split_budget = _split_budget(len(group))
         while groups:
