@@ -130,11 +130,11 @@ class LineNumberedReader(SingerReader):
                     sink = records.get(stream)
                     if sink is not None:
                         version = message.get("version")
-                        if version is not None and type(version) is not int:
+                        problem = version_problem(version)
+                        if problem is not None:
                             raise InvalidInputError(
                                 f"Input line {self.line_number} (stream '{quote(stream, 80)}'): "
-                                "a RECORD message's 'version' must be an integer, not "
-                                f"{quote(repr(version), 40)}."
+                                f"{problem}"
                             )
                         sink.take_record(record, version)
                         direct += 1
@@ -201,6 +201,14 @@ class LineNumberedReader(SingerReader):
                 "a 'type')."
             )
         return message
+
+
+def version_problem(version: object) -> str | None:
+    """What is wrong with a RECORD message's ``version`` (its full-table version), if
+    anything: one wording for every record path."""
+    if version is None or type(version) is int:
+        return None
+    return f"a RECORD message's 'version' must be an integer, not {quote(repr(version), 40)}."
 
 
 def stream_named_in(line: bytes | str) -> str | None:

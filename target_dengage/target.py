@@ -35,7 +35,7 @@ from target_dengage.mapping import validate_column_config
 from target_dengage.masking import quote
 from target_dengage.pacing import Pacer, PacingMemory, account_key, default_pacing_path
 from target_dengage.pipeline import Pipeline
-from target_dengage.reader import LineNumberedReader, stream_named_in
+from target_dengage.reader import LineNumberedReader, stream_named_in, version_problem
 from target_dengage.rejects import RejectedRecords
 from target_dengage.report import (
     Pace,
@@ -425,10 +425,10 @@ class TargetDengage(SdkTarget):
         passivate = config["delete_behavior"] == "passivate"
         #: The ledger: opened now for change detection and for passivations (whose contacts
         #: are reactivated if they come back), or by the first full-table version.
-        self._ledger: Ledger | None = None
+        ledger: Ledger | None = None
         if config["change_detection"] or passivate:
             try:
-                self._open_ledger()
+                ledger = self._open_ledger()
             except DengageError as exc:  # at start: like a bad setting, one clear line
                 raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
         #: The ``version`` of the RECORD message on the SDK's record path.
@@ -458,7 +458,7 @@ class TargetDengage(SdkTarget):
             else None,
             dry_run=self._dry_run,
             dry_run_path=config.get("dry_run_output_path"),
-            ledger=self._ledger,
+            ledger=ledger,
             open_ledger=self._open_ledger,
             change_detection=config["change_detection"],
             ledger_max_age_days=config.get("ledger_max_age_days"),
@@ -492,8 +492,12 @@ class TargetDengage(SdkTarget):
                 f"The change-detection ledger cannot be opened ({named}): "
                 f"{quote(str(reason).strip() or type(reason).__name__)}"
             ) from None
-        self._ledger = ledger
         return ledger
+
+    def _close_ledger(self) -> None:
+        ledger = self.pipeline.books.ledger  # opened at start, or by a full-table version
+        if ledger is not None:
+            ledger.close()
 
     def _ledger_url(self) -> str:
         from target_dengage.ledger import default_ledger_url
@@ -647,10 +651,9 @@ class TargetDengage(SdkTarget):
                 "a RECORD message needs a 'stream' (text) and a 'record' (an object)."
             )
         version = message.get("version")
-        if version is not None and type(version) is not int:
-            raise self._bad_message(
-                f"a RECORD message's 'version' must be an integer, not {quote(repr(version), 40)}."
-            )
+        problem = version_problem(version)
+        if problem is not None:
+            raise self._bad_message(problem)
         self.record_version = version
 
     def check_activate_version_message(self, message: dict[str, t.Any]) -> None:
@@ -765,8 +768,7 @@ class TargetDengage(SdkTarget):
             super().process_endofpipe()
         finally:
             self.client.close()  # no more calls after the end of input
-            if self._ledger is not None:
-                self._ledger.close()
+            self._close_ledger()
         self._report_deletes()
         if self.pipeline.mirrors.over_limit:
             raise DengageError(
@@ -855,8 +857,7 @@ class TargetDengage(SdkTarget):
                     exc.strerror or type(exc).__name__,
                 )
         self.client.close()
-        if self._ledger is not None:
-            self._ledger.close()
+        self._close_ledger()
 
     # Ending a run ------------------------------------------------------------------------
 

@@ -146,8 +146,19 @@ def _assert_healthy_rerun_stores_all(
     assert _ledger_keys(config) <= set(emulator.contacts())
 
 
-def _inject(emulator: DengageEmulator, path: str, fault: dict[str, Any]) -> None:
-    emulator.inject_fault(path, count=10, **fault)
+def _run_with_fault(
+    emulator: DengageEmulator,
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    fault: dict[str, Any],
+    *,
+    mode: str,
+    ledger: bool,
+) -> tuple[dict[str, Any], Run]:
+    """One run whose bulk requests (sync calls, or async submits) all get ``fault``."""
+    config = _config(base_config, tmp_path, mode, ledger)
+    emulator.inject_fault(BULK if mode == "sync" else SUBMIT, count=10, **fault)
+    return config, run_target(config, _messages(), tmp_path)
 
 
 def _cases(*tables: dict[str, Fault]) -> list[Any]:
@@ -166,9 +177,9 @@ def test_sync_answer_that_is_not_a_confirmation_is_retried_then_fails(
     base_config: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    config = _config(base_config, tmp_path, "sync", ledger)
-    _inject(emulator, BULK, fault)
-    run = run_target(config, _messages(), tmp_path)
+    config, run = _run_with_fault(
+        emulator, base_config, tmp_path, fault, mode="sync", ledger=ledger
+    )
 
     _assert_not_confirmed(run, emulator, word)
     assert "did not accept POST /rest/bulk/contacts after 2 tries" in run.stderr
@@ -189,9 +200,9 @@ def test_async_submit_answer_that_is_not_a_confirmation_is_retried_then_fails(
     base_config: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    config = _config(base_config, tmp_path, "async", ledger)
-    _inject(emulator, SUBMIT, fault)
-    run = run_target(config, _messages(), tmp_path)
+    config, run = _run_with_fault(
+        emulator, base_config, tmp_path, fault, mode="async", ledger=ledger
+    )
 
     _assert_not_confirmed(run, emulator, word)
     assert "did not accept POST /rest/bulk/async/contacts after 2 tries" in run.stderr
@@ -209,9 +220,7 @@ def test_refusal_inside_a_2xx_is_a_refusal_of_the_data(
     base_config: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    config = _config(base_config, tmp_path, mode, ledger=True)
-    _inject(emulator, BULK if mode == "sync" else SUBMIT, fault)
-    run = run_target(config, _messages(), tmp_path)
+    config, run = _run_with_fault(emulator, base_config, tmp_path, fault, mode=mode, ledger=True)
 
     _assert_not_confirmed(run, emulator, word)
     assert "D·engage refused POST" in run.stderr
@@ -228,9 +237,7 @@ def test_redirect_is_never_followed(
     base_config: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    config = _config(base_config, tmp_path, mode, ledger=True)
-    _inject(emulator, BULK if mode == "sync" else SUBMIT, fault)
-    run = run_target(config, _messages(), tmp_path)
+    config, run = _run_with_fault(emulator, base_config, tmp_path, fault, mode=mode, ledger=True)
 
     _assert_not_confirmed(run, emulator, word)
     assert "never follows redirects" in run.stderr

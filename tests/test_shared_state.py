@@ -200,6 +200,21 @@ for i in range(50):
 """
 
 
+def _start_together_and_finish(procs: list[subprocess.Popen[str]]) -> None:
+    """Each process prints "ready" and waits for "go": all are told at once, once all are
+    ready, so their work overlaps; each must then end cleanly."""
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.wait(timeout=RUN_TIMEOUT) == 0
+        proc.communicate()
+
+
 @pytest.mark.parametrize("accounts", [("one", "one"), ("one", "two")])
 def test_two_processes_adding_to_one_journal_lose_no_entry(
     tmp_path: Path, accounts: tuple[str, str]
@@ -215,16 +230,7 @@ def test_two_processes_adding_to_one_journal_lose_no_entry(
         )
         for n, account in enumerate(accounts)
     ]
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        assert proc.wait(timeout=RUN_TIMEOUT) == 0
-        proc.communicate()
+    _start_together_and_finish(procs)
 
     listed = [e["job_id"] for account in set(accounts) for e in FileJobLog(path, account).entries()]
     assert sorted(listed) == sorted(f"p{n}-{i}" for n in (0, 1) for i in range(50))
@@ -309,16 +315,7 @@ def test_turns_of_one_account_never_overlap_across_processes(tmp_path: Path) -> 
         )
         for _ in range(3)
     ]
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        assert proc.wait(timeout=RUN_TIMEOUT) == 0
-        proc.communicate()
+    _start_together_and_finish(procs)
 
     lines = trace.read_text().splitlines()
     assert len(lines) == 3 * 30 * 2
